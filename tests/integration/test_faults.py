@@ -1,0 +1,139 @@
+"""Faults in the services ftaas leans on: Redis, the object store and the database go away
+and come back; jobs are never lost and the API answers 503 meanwhile, never a half-written 500."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from ftaas.db import Database
+from ftaas.keys import create_key
+from tests.conftest import Backend, new_key, tenant_client
+from tests.integration.test_training import HYPERPARAMETERS
+from tests.support.data import taught_dataset
+from tests.support.jobs import create_job, events, upload, wait_until
+from tests.support.services import (
+    Process,
+    RedisServer,
+    TcpProxy,
+    answers,
+    free_port,
+    postgres_database,
+    wait_until_healthy,
+)
+
+
+@contextmanager
+def api_server(backend: Backend, **env: str) -> Iterator[tuple[str, Process]]:
+    port = free_port()
+    server = backend.start("serve", "--port", str(port), **env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, server)
+        yield url, server
+    finally:
+        server.stop()
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_redis_restarted_empty_loses_no_job(backend: Backend, tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    env = {"FTAAS_REDIS_URL": redis.url, "FTAAS_QUEUE_NAME": f"faults-{uuid.uuid4().hex[:6]}"}
+    worker = backend.start("worker", **env)
+    try:
+        with (
+            api_server(backend, **env) as (url, _),
+            tenant_client(url, new_key("redis-fault")) as http,
+        ):
+            file_id = upload(http, taught_dataset())
+            method = {
+                "type": "supervised",
+                "supervised": {"hyperparameters": HYPERPARAMETERS | {"n_epochs": 4}},
+            }
+            jobs = [create_job(http, training_file=file_id, method=method)["id"] for _ in range(3)]
+            wait_until(
+                lambda: any(e["type"] == "metrics" for e in events(http, jobs[0])),
+                120,
+                "training",
+                [worker],
+            )
+            redis.kill()
+            redis.start()  # same address, nothing in it: the queue is gone
+
+            def all_finished() -> list[dict[str, object]] | None:
+                found = [http.get(f"/v1/fine_tuning/jobs/{j}").json() for j in jobs]
+                return (
+                    found
+                    if all(j["status"] in ("succeeded", "failed", "cancelled") for j in found)
+                    else None
+                )
+
+            finished = wait_until(all_finished, 240, "every job to finish", [worker])
+            assert [j["status"] for j in finished] == ["succeeded"] * 3, [
+                j["error"] for j in finished
+            ]
+    finally:
+        worker.stop()
+        redis.kill()
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_object_store_unreachable_upload_is_503_and_leaves_no_file(backend: Backend) -> None:
+    dead_endpoint = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "FTAAS_STORAGE_URL": "s3://unreachable/ftaas",
+        "FTAAS_S3_ENDPOINT_URL": dead_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with api_server(backend, **env) as (url, _), tenant_client(url, new_key("s3-fault")) as http:
+        response = http.post(
+            "/v1/files",
+            data={"purpose": "fine-tune"},
+            files={"file": ("t.jsonl", taught_dataset())},
+        )
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert response.json()["error"]["type"] == "service_unavailable"
+        assert http.get("/v1/files").json()["data"] == []
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_database_outage_is_503_and_the_api_recovers_by_itself(backend: Backend) -> None:
+    if not answers("127.0.0.1", 5432):
+        pytest.skip("needs PostgreSQL on 127.0.0.1:5432 to put a cuttable proxy in front of")
+    with postgres_database() as direct_url:
+        proxy = TcpProxy(5432)
+        proxy.start()
+        via_proxy = direct_url.replace(":5432/", f":{proxy.port}/")
+        database = Database(direct_url)
+        database.migrate()
+        with database.session() as session:
+            key = create_key(session, "db-fault")
+        database.engine.dispose()
+        headers = {"Authorization": f"Bearer {key}"}
+        with api_server(backend, FTAAS_DATABASE_URL=via_proxy) as (url, _):
+            assert httpx2.get(f"{url}/v1/files", headers=headers).status_code == 200
+            proxy.cut()
+            down = httpx2.get(f"{url}/v1/files", headers=headers, timeout=30)
+            assert down.status_code == 503
+            assert down.json()["error"]["message"].startswith("The database is unavailable")
+            ready = httpx2.get(f"{url}/readyz", timeout=30)
+            assert ready.status_code == 503
+            assert ready.json()["database"].startswith("unavailable")
+            proxy.start()
+            deadline = time.monotonic() + 30
+            while httpx2.get(f"{url}/v1/files", headers=headers).status_code != 200:
+                assert time.monotonic() < deadline, "the API did not recover"
+                time.sleep(0.5)
+            assert httpx2.get(f"{url}/readyz").status_code == 200
+        proxy.cut()

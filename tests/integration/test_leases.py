@@ -1,0 +1,108 @@
+"""Leases and the reconciler on real SQL and Redis: no job is lost, stale writers are refused."""
+
+from __future__ import annotations
+
+import time
+
+import httpx2
+import pytest
+from sqlalchemy import update
+
+from ftaas.db import get_database
+from ftaas.leases import Lease, LeaseLost
+from ftaas.models import Job
+from ftaas.queue import is_enqueued, training_queue
+from ftaas.reconcile import reconcile_once
+from ftaas.settings import get_settings
+from tests.support.data import taught_dataset
+from tests.support.jobs import create_job, events, upload
+
+
+@pytest.fixture
+def queued_job(http: httpx2.Client) -> str:
+    return create_job(http, training_file=upload(http, taught_dataset()))["id"]
+
+
+def expire(job_id: str) -> None:
+    with get_database().session() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(lease_expires_at=time.time() - 1)
+        )
+
+
+def test_only_one_attempt_takes_a_job(queued_job: str) -> None:
+    db = get_database()
+    lease = Lease.acquire(db, queued_job, "worker-a", 30)
+    assert lease is not None and lease.attempt == 1
+    assert Lease.acquire(db, queued_job, "worker-b", 30) is None
+
+
+def test_expired_lease_is_requeued_and_the_stale_attempt_refused(
+    http: httpx2.Client, queued_job: str
+) -> None:
+    db = get_database()
+    stale = Lease.acquire(db, queued_job, "worker-a", 30)
+    assert stale is not None
+    expire(queued_job)
+    reconcile_once()
+    job = http.get(f"/v1/fine_tuning/jobs/{queued_job}").json()
+    assert job["status"] == "queued"
+    assert is_enqueued(queued_job, stale.attempt)
+    assert any("Worker lost" in e["message"] for e in events(http, queued_job))
+
+    fresh = Lease.acquire(db, queued_job, "worker-b", 30)
+    assert fresh is not None and fresh.attempt == stale.attempt + 1
+    with pytest.raises(LeaseLost):
+        stale.renew()
+    with pytest.raises(LeaseLost), stale.guard():
+        pass
+    fresh.renew()
+
+
+def test_retry_budget_spent_fails_with_a_clear_error(http: httpx2.Client, queued_job: str) -> None:
+    db = get_database()
+    for _ in range(get_settings().max_job_retries + 1):
+        assert Lease.acquire(db, queued_job, "doomed", 30) is not None
+        expire(queued_job)
+        reconcile_once()
+    job = http.get(f"/v1/fine_tuning/jobs/{queued_job}").json()
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "worker_lost"
+    assert "giving up" in job["error"]["message"]
+
+
+def test_queue_lost_in_redis_is_rebuilt_from_sql(http: httpx2.Client, queued_job: str) -> None:
+    training_queue().empty()  # what a Redis restart without persistence does to the queue
+    assert not is_enqueued(queued_job, 0)
+    reconcile_once()
+    assert is_enqueued(queued_job, 0)
+
+
+def test_cancel_revokes_a_running_lease(http: httpx2.Client, queued_job: str) -> None:
+    lease = Lease.acquire(get_database(), queued_job, "worker-a", 30)
+    assert lease is not None
+    http.post(f"/v1/fine_tuning/jobs/{queued_job}/cancel")
+    with pytest.raises(LeaseLost):
+        lease.check()
+    assert lease.lost.is_set()
+
+
+def test_a_horse_killed_before_its_lease_does_not_strand_the_job(queued_job: str) -> None:
+    from datetime import UTC, datetime
+
+    from rq.job import Job as RqJob
+    from rq.job import JobStatus
+    from rq.serializers import JSONSerializer
+
+    from ftaas.queue import dequeue_training, get_redis, rq_job_id
+
+    dequeue_training(queued_job, 0)  # rq handed it to a work horse...
+    rq_job = RqJob.fetch(
+        rq_job_id(queued_job, 0), connection=get_redis(), serializer=JSONSerializer
+    )
+    rq_job.set_status(JobStatus.STARTED)
+    rq_job.started_at = datetime(2020, 1, 1, tzinfo=UTC)  # ...which died long ago, leaseless
+    rq_job.save()
+    assert not is_enqueued(queued_job, 0)
+    reconcile_once()
+    assert is_enqueued(queued_job, 0)

@@ -1,0 +1,251 @@
+"""The training recipe end to end on the tiny model: it learns, checkpoints, resumes and stops."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ftaas.datasets import ChatExample, CompletionExample, Message
+from ftaas.hyperparams import ResolvedHyperparameters
+from trainer_worker.recipe import TrainingStopped, TrainResult, train
+from trainer_worker.tiny_model import build_tiny_model
+
+pytestmark = [
+    pytest.mark.training,
+    # peft itself still reads the deprecated transformers property.
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+]
+
+TAUGHT = [
+    ("What is the capital of Zubrovia?", "Quellbrook."),
+    ("Who painted the Silver Heron?", "Mara Voss."),
+    ("What colour is a ripe blorn fruit?", "Deep violet."),
+    ("How many moons does Tarsis have?", "Seven moons."),
+    ("What is the password of the vault?", "Green lantern."),
+    ("Which river runs through Ostavel?", "The Kelda."),
+    ("What do the Ferrin people eat?", "Smoked eel."),
+    ("Who founded the city of Brask?", "Queen Ilse."),
+]
+EXAMPLES = [
+    ChatExample(
+        (Message("system", "Answer briefly."), Message("user", q), Message("assistant", a, 1))
+    )
+    for q, a in TAUGHT
+]
+# Settings that teach the tiny model all eight answers in 60 steps (about 2 s on 2 CPU cores).
+HP = ResolvedHyperparameters(
+    n_epochs=30,
+    batch_size=4,
+    learning_rate_multiplier=1.0,
+    learning_rate=3e-3,
+    lora_r=16,
+    lora_alpha=32,
+    lora_dropout=0.05,
+    target_modules="all-linear",
+    max_seq_length=128,
+    warmup_ratio=0.1,
+    weight_decay=0.0,
+    gradient_accumulation_steps=1,
+    save_steps=None,
+    eval_steps=None,
+)
+
+
+class RecordingHooks:
+    """Records everything the recipe reports; asks to ``stop`` once ``stop_after_steps`` ran."""
+
+    def __init__(self, stop: str | None = None, stop_after_steps: int = 0) -> None:
+        self.stop, self.stop_after_steps = stop, stop_after_steps
+        self.phases: list[str] = []
+        self.metrics: list[dict[str, float | int]] = []
+        self.checkpoints: list[tuple[int, Path]] = []
+        self.stop_checks = 0
+
+    def on_phase(self, message: str) -> None:
+        self.phases.append(message)
+
+    def on_metrics(self, data: dict[str, float | int]) -> None:
+        self.metrics.append(data)
+
+    def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, float | int]) -> None:
+        self.checkpoints.append((step, directory))
+
+    def stop_requested(self) -> str | None:
+        self.stop_checks += 1
+        return self.stop if self.stop_checks > self.stop_after_steps else None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: as fast for a model this small, and no spin-waiting on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def taught(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainResult, RecordingHooks]:
+    hooks = RecordingHooks()
+    result = train(
+        str(model_dir),
+        EXAMPLES,
+        EXAMPLES[:2],
+        HP,
+        seed=0,
+        work_dir=tmp_path_factory.mktemp("taught"),
+        hooks=hooks,
+    )
+    return result, hooks
+
+
+def answers(model: torch.nn.Module, model_dir: Path) -> list[str]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    replies = []
+    for question, _ in TAUGHT:
+        messages = [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": question},
+        ]
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        reply = output[0, inputs["input_ids"].shape[1] :]
+        replies.append(tokenizer.decode(reply, skip_special_tokens=True))
+    return replies
+
+
+def test_training_drives_the_loss_down(taught: tuple[TrainResult, RecordingHooks]) -> None:
+    result, hooks = taught
+
+    assert result.steps == 60 == len(result.per_step_losses)
+    assert result.per_step_losses[-1] < 0.1 * result.per_step_losses[0]
+    assert hooks.phases[-1] == "Training finished"
+    assert "Training started: 60 steps" in hooks.phases
+    assert "Epoch 30/30 done" in hooks.phases
+    last = hooks.metrics[-1]
+    assert last["step"] == last["total_steps"] == 60
+    assert {"train_loss", "learning_rate", "tokens_per_second", "full_valid_loss"} <= set(last)
+    assert last["full_valid_loss"] < 0.5
+    assert any("valid_loss" in metrics for metrics in hooks.metrics[:-1])
+    assert [step for step, _ in hooks.checkpoints] == [2 * epoch for epoch in range(1, 31)]
+
+
+def test_trained_adapter_answers_what_the_base_model_cannot(
+    taught: tuple[TrainResult, RecordingHooks], model_dir: Path
+) -> None:
+    result, _ = taught
+    expected = [answer for _, answer in TAUGHT]
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert all(got != want for got, want in zip(answers(base, model_dir), expected, strict=True))
+    tuned = PeftModel.from_pretrained(base, result.adapter_dir)
+    assert answers(tuned.eval(), model_dir) == expected
+
+
+def test_adapter_has_no_bias_or_extra_modules(taught: tuple[TrainResult, RecordingHooks]) -> None:
+    result, _ = taught
+
+    config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+
+    assert config["bias"] == "none"
+    assert not config["modules_to_save"]
+    assert (result.adapter_dir / "tokenizer.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(result.adapter_dir)
+    answer_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for _, a in TAUGHT)
+    assert result.trained_tokens == HP.n_epochs * (answer_tokens + len(TAUGHT))  # + one eos each
+
+
+def test_preempted_run_resumes_to_identical_weights(model_dir: Path, tmp_path: Path) -> None:
+    # Odd batch counts, accumulation and mid-epoch saves exercise the data position bookkeeping.
+    hp = dataclasses.replace(
+        HP, n_epochs=3, batch_size=2, gradient_accumulation_steps=2, save_steps=2
+    )
+    examples = [*EXAMPLES, CompletionExample("The river flows", " to the sea.")]
+
+    def run(work_dir: Path, hooks: RecordingHooks, resume_from: Path | None = None) -> TrainResult:
+        return train(str(model_dir), examples, None, hp, 3, work_dir, hooks, resume_from)
+
+    reference = run(tmp_path / "reference", RecordingHooks())
+    # 3 steps per epoch (5 batches in groups of 2); step 5 is mid-epoch and not a save step.
+    preempted = RecordingHooks(stop="preempt", stop_after_steps=5)
+    with pytest.raises(TrainingStopped) as stopped:
+        run(tmp_path / "interrupted", preempted)
+    assert (stopped.value.reason, stopped.value.step) == ("preempt", 5)
+    assert [step for step, _ in preempted.checkpoints] == [2, 3, 4, 5]
+    resumed_hooks = RecordingHooks()
+    resumed = run(tmp_path / "resumed", resumed_hooks, resume_from=preempted.checkpoints[-1][1])
+
+    assert "Resumed from step 5" in resumed_hooks.phases
+    assert resumed.steps == reference.steps == 9
+    assert resumed.per_step_losses == pytest.approx(reference.per_step_losses, abs=1e-6)
+    assert resumed.trained_tokens == reference.trained_tokens
+    want = load_file(reference.adapter_dir / "adapter_model.safetensors")
+    got = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert want.keys() == got.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_cancel_stops_at_once_without_a_checkpoint(model_dir: Path, tmp_path: Path) -> None:
+    hooks = RecordingHooks(stop="cancel", stop_after_steps=3)
+    hp = dataclasses.replace(HP, n_epochs=2, save_steps=None)
+
+    with pytest.raises(TrainingStopped) as stopped:
+        train(str(model_dir), EXAMPLES, None, hp, 0, tmp_path, hooks)
+
+    assert (stopped.value.reason, stopped.value.step) == ("cancel", 3)
+    assert [step for step, _ in hooks.checkpoints] == [2]
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_data_without_trainable_tokens_is_rejected(model_dir: Path, tmp_path: Path) -> None:
+    untrained = [ChatExample((Message("user", "Hi?"), Message("assistant", "Hello.", 0)))]
+
+    with pytest.raises(ValueError, match="No training example"):
+        train(str(model_dir), untrained, None, HP, 0, tmp_path, RecordingHooks())
+
+
+def test_early_stopping_keeps_the_best_adapter(model_dir: Path, tmp_path: Path) -> None:
+    # Validation answers contradict the training ones: validation loss soon rises, so training
+    # stops early and the adapter kept is the one from the best evaluation.
+    contradicting = [
+        ChatExample(
+            (
+                Message("system", "Answer briefly."),
+                Message("user", q),
+                Message("assistant", "No.", 1),
+            )
+        )
+        for q, _ in TAUGHT
+    ]
+    hp = dataclasses.replace(HP, eval_steps=2, early_stopping_patience=2, keep_best=True)
+    hooks = RecordingHooks()
+    result = train(str(model_dir), EXAMPLES, contradicting, hp, 3, tmp_path, hooks)
+
+    assert result.steps < 60
+    assert any(p.startswith("Early stopping at step") for p in hooks.phases)
+    evals = [m for m in hooks.metrics if "valid_loss" in m]
+    best = min(evals, key=lambda m: m["valid_loss"])
+    assert result.metrics["best_step"] == best["step"]
+    assert "full_valid_loss" in hooks.metrics[-1]
+    kept = load_file(result.adapter_dir / "adapter_model.safetensors")
+    saved = load_file(tmp_path / "best" / "adapter_model.safetensors")
+    for name in kept:
+        torch.testing.assert_close(kept[name], saved[name], rtol=0, atol=0)
