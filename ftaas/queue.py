@@ -6,13 +6,11 @@ under the data directory; every process of one machine that opens that file shar
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time
 from functools import lru_cache
 
 from redis import Redis
 from rq import Queue
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from ftaas.settings import Settings, get_settings
@@ -59,24 +57,19 @@ def enqueue_training(job_id: str, attempt: int, connection: Redis | None = None)
 
 
 def is_enqueued(job_id: str, attempt: int, connection: Redis | None = None) -> bool:
-    """Whether Redis still holds this attempt, waiting or about to take its lease.
+    """Whether Redis will still run this attempt: its id waits in the queue, or a worker whose
+    heartbeat is alive has taken it.
 
-    An rq job ``started`` for longer than a lease while SQL still says ``queued`` had its work
-    horse killed before the lease was taken: Redis will never run it again, so it counts as lost.
+    rq's own job status cannot tell: a worker killed between taking a job and its work horse
+    starting leaves the job ``queued`` (or ``started``) forever, in no list any worker reads.
     """
-    try:
-        job = Job.fetch(
-            rq_job_id(job_id, attempt),
-            connection=connection or get_redis(),
-            serializer=JSONSerializer,
-        )
-    except NoSuchJobError:
-        return False
-    status = job.get_status()
-    if status == JobStatus.STARTED and job.started_at is not None:
-        started = job.started_at.replace(tzinfo=job.started_at.tzinfo or UTC)
-        return datetime.now(UTC) - started < timedelta(seconds=get_settings().worker_lease_seconds)
-    return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+    queue = training_queue(connection)
+    rq_id = rq_job_id(job_id, attempt)
+    if queue.get_job_position(rq_id) is not None:
+        return True
+    registry = queue.started_job_registry
+    taken = registry.connection.zrangebyscore(registry.key, time.time(), "+inf")
+    return any(member.decode().startswith(f"{rq_id}:") for member in taken)
 
 
 def dequeue_training(job_id: str, attempt: int, connection: Redis | None = None) -> None:

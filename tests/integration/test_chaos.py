@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import Backend, tenant_client
 from tests.integration.test_training import HYPERPARAMETERS
 from tests.support.data import taught_dataset
-from tests.support.jobs import create_job, upload, wait_until
+from tests.support.jobs import TERMINAL, create_job, events, upload, wait_until
 from tests.support.services import Process, RedisServer, free_port, wait_until_healthy
 
 JOBS = int(os.environ.get("FTAAS_CHAOS_JOBS", "12"))
@@ -75,10 +75,19 @@ def test_random_worker_kills_lose_no_job(
 
             def statuses() -> list[dict[str, object]] | None:
                 page = http.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]
-                done = [j for j in page if j["status"] in ("succeeded", "failed", "cancelled")]
+                done = [j for j in page if j["status"] in TERMINAL]
                 return page if len(done) == JOBS else None
 
-            final = wait_until(statuses, 60 * JOBS, "every job to finish", workers)
+            try:
+                final = wait_until(statuses, 60 * JOBS, "every job to finish", workers)
+            except TimeoutError as timeout:
+                stuck = [j["id"] for j in http.get("/v1/fine_tuning/jobs").json()["data"]]
+                history = {
+                    job_id: [e["message"] for e in events(http, job_id)][-6:]
+                    for job_id in stuck
+                    if http.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] not in TERMINAL
+                }
+                raise AssertionError(f"unfinished jobs: {history}\n{server.output()[-3000:]}") from timeout
             assert sorted(j["id"] for j in final) == sorted(jobs)
             assert [j["status"] for j in final] == ["succeeded"] * JOBS, [j["error"] for j in final]
             tenant = final[0]["organization_id"]

@@ -87,22 +87,29 @@ def test_cancel_revokes_a_running_lease(http: httpx2.Client, queued_job: str) ->
     assert lease.lost.is_set()
 
 
-def test_a_horse_killed_before_its_lease_does_not_strand_the_job(queued_job: str) -> None:
-    from datetime import UTC, datetime
+def test_a_worker_killed_before_its_lease_does_not_strand_the_job(queued_job: str) -> None:
+    """A worker takes the rq job, then dies before its work horse takes the SQL lease."""
+    from rq import Queue
+    from rq.executions import Execution
 
-    from rq.job import Job as RqJob
-    from rq.job import JobStatus
-    from rq.serializers import JSONSerializer
+    from ftaas.queue import get_redis, rq_job_id
 
-    from ftaas.queue import dequeue_training, get_redis, rq_job_id
+    queue = training_queue()
+    while True:  # earlier tests may have left entries ahead of ours
+        taken = Queue.dequeue_any([queue], None, connection=get_redis(), serializer=queue.serializer)
+        assert taken is not None
+        rq_job, _ = taken
+        if rq_job.id == rq_job_id(queued_job, 0):
+            break
+    assert not is_enqueued(queued_job, 0)  # taken, and no heartbeat yet: died right there
 
-    dequeue_training(queued_job, 0)  # rq handed it to a work horse...
-    rq_job = RqJob.fetch(
-        rq_job_id(queued_job, 0), connection=get_redis(), serializer=JSONSerializer
-    )
-    rq_job.set_status(JobStatus.STARTED)
-    rq_job.started_at = datetime(2020, 1, 1, tzinfo=UTC)  # ...which died long ago, leaseless
-    rq_job.save()
-    assert not is_enqueued(queued_job, 0)
+    with get_redis().pipeline() as pipeline:
+        execution = Execution.create(rq_job, 60, pipeline, worker_name="doomed")
+        pipeline.execute()
+    assert is_enqueued(queued_job, 0)  # a live worker is starting it
+
+    registry = queue.started_job_registry
+    get_redis().zadd(registry.key, {execution.composite_key: time.time() - 1})
+    assert not is_enqueued(queued_job, 0)  # its heartbeat stopped: the worker is gone
     reconcile_once()
     assert is_enqueued(queued_job, 0)
