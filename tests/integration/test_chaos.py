@@ -87,7 +87,9 @@ def test_random_worker_kills_lose_no_job(
                     for job_id in stuck
                     if http.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] not in TERMINAL
                 }
-                raise AssertionError(f"unfinished jobs: {history}\n{server.output()[-3000:]}") from timeout
+                raise AssertionError(
+                    f"unfinished jobs: {history}\n{server.output()[-3000:]}"
+                ) from timeout
             assert sorted(j["id"] for j in final) == sorted(jobs)
             assert [j["status"] for j in final] == ["succeeded"] * JOBS, [j["error"] for j in final]
             tenant = final[0]["organization_id"]

@@ -96,7 +96,9 @@ def test_a_worker_killed_before_its_lease_does_not_strand_the_job(queued_job: st
 
     queue = training_queue()
     while True:  # earlier tests may have left entries ahead of ours
-        taken = Queue.dequeue_any([queue], None, connection=get_redis(), serializer=queue.serializer)
+        taken = Queue.dequeue_any(
+            [queue], None, connection=get_redis(), serializer=queue.serializer
+        )
         assert taken is not None
         rq_job, _ = taken
         if rq_job.id == rq_job_id(queued_job, 0):
