@@ -14,10 +14,7 @@ from ftaas.settings import Settings, get_settings
 from ftaas.storage import LocalStore, S3Store, get_store
 
 
-def current_tenant(
-    db: Annotated[Database, Depends(get_database)],
-    authorization: Annotated[str | None, Header()] = None,
-) -> str:
+def current_tenant(authorization: Annotated[str | None, Header()] = None) -> str:
     """The tenant behind the bearer key; 401 with OpenAI's wording otherwise."""
     scheme, _, key = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -26,7 +23,7 @@ def current_tenant(
             "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
             code="missing_api_key",
         )
-    with db.session() as session:
+    with get_database().session() as session:
         tenant = tenant_for_key(session, key.strip())
     if tenant is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
@@ -34,7 +31,21 @@ def current_tenant(
     return tenant
 
 
-DB = Annotated[Database, Depends(get_database)]
-Store = Annotated[LocalStore | S3Store, Depends(get_store)]
-Config = Annotated[Settings, Depends(get_settings)]
+# The cached getters are wrapped in coroutines because FastAPI runs a plain function dependency
+# on a worker thread, and that hop costs far more than the lookup itself.
+async def _database() -> Database:
+    return get_database()
+
+
+async def _store() -> LocalStore | S3Store:
+    return get_store()
+
+
+async def _settings() -> Settings:
+    return get_settings()
+
+
+DB = Annotated[Database, Depends(_database)]
+Store = Annotated[LocalStore | S3Store, Depends(_store)]
+Config = Annotated[Settings, Depends(_settings)]
 TenantId = Annotated[str, Depends(current_tenant)]

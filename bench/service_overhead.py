@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import psutil
 
 from bench.common import (
     BENCH_DIR,
@@ -274,6 +275,25 @@ def _best_steps(runs: list[Run]) -> float:
     return statistics.fmean(min(times) for times in list(per_step)[1:])
 
 
+def wait_until_settled(pid: int, quiet_s: float = 1.0, timeout: float = 120) -> None:
+    """Until the worker and its children (the standby horse doing its imports) use no CPU for
+    ``quiet_s``: what a worker that has been idle a while looks like."""
+    worker = psutil.Process(pid)
+
+    def cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in (worker, *worker.children(recursive=True)))
+
+    deadline = time.monotonic() + timeout
+    before = cpu()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = cpu()
+        if now - before < 0.05 * quiet_s:
+            return
+        before = now
+    raise TimeoutError("the worker did not settle")
+
+
 def run(model_dir: Path) -> list[Row]:
     """Plain and service runs alternate (REPEATS each) so both see the machine's changing load."""
     rows_data = chat_rows(N_EXAMPLES, SEED, 5, 40)
@@ -297,6 +317,7 @@ def run(model_dir: Path) -> list[Row]:
                 raise RuntimeError(f"the benchmark job did not succeed: {job.job}")
             served.append(_served(job, plain[0].step_tokens))
         # A short job on the warm, idle worker, polled closely, for the latency.
+        wait_until_settled(svc.workers[0].pid)
         short = body | {"hyperparameters": HYPERPARAMETERS | {"n_epochs": 1}}
         latency = latency_breakdown(follow_job(http, short, 0.02))
     import_s = import_seconds()
@@ -383,7 +404,7 @@ def run(model_dir: Path) -> list[Row]:
         ),
         Row(
             name,
-            "  of which submit→'job started' (horse spawn + imports)",
+            "  of which submit→'job started' (handoff to the standby horse)",
             fmt_s(latency["job_started"]),
             f"{fmt_s(import_s)} (fresh python: import trainer_worker.recipe)",
             latency["job_started"] / import_s,

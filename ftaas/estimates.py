@@ -48,12 +48,13 @@ def estimate(session: Session, job: Job) -> dict[str, Any]:
         extra["queue_position"] = session.scalar(
             select(func.count()).select_from(Job).where(Job.status == "queued", Job.seq < job.seq)
         )
-    training = session.scalar(select(File).where(File.id == job.training_file))
-    if training is None or not training.n_chars or not training.n_examples:
+    size = _file_size(session, job.training_file)
+    if size is None:
         return extra
+    n_examples, n_chars = size
     fields = {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
-    epochs = resolve(Hyperparameters.model_validate(fields), training.n_examples).n_epochs
-    tokens = training.n_chars // CHARS_PER_TOKEN * epochs
+    epochs = resolve(Hyperparameters.model_validate(fields), n_examples).n_epochs
+    tokens = n_chars // CHARS_PER_TOKEN * epochs
     extra["estimated_trained_tokens"] = tokens
     speed = session.scalar(
         select(func.max(Throughput.tokens_per_second)).where(Throughput.model == job.model)
@@ -62,3 +63,21 @@ def estimate(session: Session, job: Job) -> dict[str, Any]:
         ahead = extra["queue_position"] + 1
         extra["estimated_finish"] = now() + int(ahead * tokens / speed)
     return extra
+
+
+_file_sizes: dict[str, tuple[int, int]] = {}
+
+
+def _file_size(session: Session, file_id: str) -> tuple[int, int] | None:
+    """(examples, characters) of a validated file. Those never change, and jobs are polled
+    often, so each process remembers them (a bounded number)."""
+    if file_id not in _file_sizes:
+        row = session.execute(
+            select(File.n_examples, File.n_chars).where(File.id == file_id)
+        ).first()
+        if row is None or not row.n_examples or not row.n_chars:
+            return None
+        if len(_file_sizes) >= 10_000:
+            _file_sizes.clear()
+        _file_sizes[file_id] = (row.n_examples, row.n_chars)
+    return _file_sizes[file_id]

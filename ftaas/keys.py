@@ -38,9 +38,11 @@ def create_key(session: Session, tenant_name: str) -> str:
 def tenant_for_key(session: Session, key: str) -> str | None:
     """The tenant id a live key belongs to, or None. The stored hash is compared in constant time."""
     digest = hash_key(key)
-    row = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
-    )
+    row = session.execute(
+        select(ApiKey.tenant_id, ApiKey.key_hash).where(
+            ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)
+        )
+    ).first()
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
     return row.tenant_id

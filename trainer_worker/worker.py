@@ -1,8 +1,9 @@
 """``ftaas worker``: an rq worker on the training queue, one job at a time (one GPU).
 
-Each job runs in a freshly spawned work horse (rq's ``SpawnWorker``): CUDA is initialised only
-in the process that trains and never meets a fork. A warm shutdown (SIGTERM from Kubernetes, or
-Ctrl+C) is passed on to the horse, which saves a checkpoint and requeues its job.
+Each job runs in its own spawned (never forked) work horse, so CUDA is initialised only in the
+process that trains. The horse is started ahead of its job (:mod:`trainer_worker.horse`), so a
+job does not wait for torch to import. A warm shutdown (SIGTERM from Kubernetes, or Ctrl+C) is
+passed on to the horse, which saves a checkpoint and requeues its job.
 """
 
 from __future__ import annotations
@@ -13,20 +14,49 @@ import socket
 import time
 import uuid
 from types import FrameType
+from typing import Any
 
 from redis.exceptions import RedisError
-from rq import SpawnWorker
+from rq import Queue, Worker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from ftaas.db import get_database
 from ftaas.queue import get_redis, training_queue
 from ftaas.reconcile import Reconciler, reconcile_once
+from trainer_worker.horse import StandbyHorse
 
 log = logging.getLogger("ftaas.worker")
 
 
-class TrainerWorker(SpawnWorker):
+class TrainerWorker(Worker):
     stopping = False
+    standby: StandbyHorse | None = None
+    keep_standby = False  # a burst worker ends once the queue is empty: no horse waits for it
+
+    def work(self, burst: bool = False, **kwargs: Any) -> bool:
+        self.keep_standby = not burst
+        self._refill_standby()
+        try:
+            return super().work(burst=burst, **kwargs)
+        finally:
+            if self.standby:
+                self.standby.dismiss()
+                self.standby = None
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        horse, self.standby = self.standby or StandbyHorse.spawn(), None
+        assert self.execution is not None  # rq prepares it before starting the horse
+        horse.take(self, job, self.execution)
+        self._horse_pid = horse.pid
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        super().execute_job(job, queue)
+        self._refill_standby()
+
+    def _refill_standby(self) -> None:
+        if self.keep_standby and not self._stop_requested and self.standby is None:
+            self.standby = StandbyHorse.spawn()
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from redis import Redis
+from rq import Worker
 
 from tests.conftest import Backend, tenant_client
 from tests.integration.test_training import HYPERPARAMETERS
@@ -24,9 +26,9 @@ JOBS = int(os.environ.get("FTAAS_CHAOS_JOBS", "12"))
 KILLS = int(os.environ.get("FTAAS_CHAOS_KILLS", "3"))
 
 
-def busy(worker: Process) -> bool:
-    """Whether the worker has a training process (rq's work horse) right now."""
-    return bool(psutil.Process(worker.pid).children())
+def busy(worker: Process, redis: Redis) -> bool:
+    """Whether the worker is running a job, as it records its state in Redis."""
+    return any(w.pid == worker.pid and w.get_state() == "busy" for w in Worker.all(redis))
 
 
 @pytest.mark.chaos
@@ -48,6 +50,7 @@ def test_random_worker_kills_lose_no_job(
     server = backend.start("serve", "--port", str(port), **env)
     workers = [backend.start("worker", **env) for _ in range(2)]
     rng = random.Random(7)
+    rq_redis = Redis.from_url(redis.url)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_healthy(url, server)
@@ -64,7 +67,7 @@ def test_random_worker_kills_lose_no_job(
             for _ in range(KILLS):
                 time.sleep(rng.uniform(1, 5))
                 victim = wait_until(
-                    lambda: [w for w in workers if busy(w)], 120, "a busy worker", workers
+                    lambda: [w for w in workers if busy(w, rq_redis)], 120, "a busy worker", workers
                 )[0]
                 children = psutil.Process(victim.pid).children(recursive=True)
                 victim.kill(signal.SIGKILL)

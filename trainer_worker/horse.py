@@ -1,0 +1,91 @@
+"""Work horses started before their job, so a job starts training without waiting for imports.
+
+While the worker is idle it keeps one :class:`StandbyHorse` waiting: a process that has already
+imported torch, transformers and peft (seconds; importing torch does not initialise CUDA, so
+CUDA still meets no fork) and blocks on its stdin until the worker hands it a job. An empty stdin
+(the worker stopped or died) ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from rq.executions import Execution
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
+
+from ftaas.queue import get_redis, training_queue
+
+
+@dataclass
+class StandbyHorse:
+    pid: int
+    stdin: int
+
+    @classmethod
+    def spawn(cls) -> StandbyHorse:
+        read, write = os.pipe()  # both close-on-exec; the child gets the read end as its stdin
+        source = (
+            f"import sys; sys.path[:] = {sys.path!r}; import trainer_worker.horse as h; h.main()"
+        )
+        pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-c", source],
+            os.environ,
+            file_actions=[(os.POSIX_SPAWN_DUP2, read, 0)],
+            setpgroup=0,  # its own process group, as rq gives a horse: the worker signals it alone
+        )
+        os.close(read)
+        return cls(pid, write)
+
+    def take(self, worker: BaseWorker, job: Job, execution: Execution) -> None:
+        handoff = {
+            "worker_key": worker.key,
+            "job_id": job.id,
+            "execution_id": execution.id,
+            "env": {
+                "RQ_WORKER_ID": worker.name,
+                "RQ_JOB_ID": job.id,
+                "RQ_EXECUTION_ID": execution.id,
+            },
+        }
+        with os.fdopen(self.stdin, "wb") as pipe:
+            pipe.write(json.dumps(handoff).encode())
+
+    def dismiss(self) -> None:
+        os.close(self.stdin)
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def main() -> None:
+    import trainer_worker.recipe  # noqa: F401  the slow imports, paid while the worker waits
+
+    raw = sys.stdin.buffer.read()
+    if not raw:
+        return
+    handoff: dict[str, Any] = json.loads(raw)
+    os.environ.update(handoff["env"])
+
+    from trainer_worker.worker import TrainerWorker
+
+    redis = get_redis()
+    worker = TrainerWorker.find_by_key(
+        handoff["worker_key"], connection=redis, serializer=JSONSerializer
+    )
+    if worker is None:  # the worker is gone; the reconciler recovers its job from SQL
+        sys.exit(1)
+    job = Job.fetch(handoff["job_id"], connection=redis, serializer=JSONSerializer)
+    execution = Execution.fetch(handoff["execution_id"], job.id, connection=redis)
+    execution._job = job  # Execution.job would re-fetch the job without our serializer
+    worker.execution = execution
+    worker.main_work_horse(job, training_queue(redis))
