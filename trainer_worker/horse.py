@@ -68,7 +68,14 @@ class StandbyHorse:
 
 
 def main() -> None:
-    import trainer_worker.recipe  # noqa: F401  the slow imports, paid while the worker waits
+    # The slow imports and set-up, paid while the worker waits.
+    import trainer_worker.recipe
+    import trainer_worker.runner  # noqa: F401
+    from ftaas.db import get_database
+    from ftaas.storage import get_store
+
+    get_database().ping()
+    get_store()
 
     raw = sys.stdin.buffer.read()
     if not raw:
