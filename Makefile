@@ -41,8 +41,9 @@ format: install
 demo: install
 	$(BIN)/python examples/demo.py
 
-# The API reloads on code changes; the worker runs each job in a freshly spawned process, so
-# changes to the training code apply from the next job on. Ctrl+C stops both.
+# The API reloads on code changes. The worker trains each job in its own process, started ahead
+# of the job while the worker is idle, so a change to the training code applies from the job
+# after next (or restart the worker). Ctrl+C stops both.
 dev: install
 	trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/ftaas serve --reload & \

@@ -1,4 +1,4 @@
-"""One fine-tuning job, run inside rq's freshly spawned work horse.
+"""One fine-tuning job, run inside its own work horse process (see :mod:`trainer_worker.horse`).
 
 Takes the job's lease, fetches its data, resumes from its newest checkpoint if an earlier attempt
 left one, trains with :mod:`trainer_worker.recipe`, stores checkpoints and the adapter, and
