@@ -289,3 +289,27 @@ def test_pause_frees_the_worker_and_resume_gives_the_same_adapter(
     )
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6)
+
+
+def standby_horses(worker: Process) -> list[psutil.Process]:
+    children = psutil.Process(worker.pid).children()
+    return [c for c in children if "trainer_worker.horse" in " ".join(c.cmdline())]
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_idle_worker_keeps_one_standby_horse_and_leaves_none_behind(
+    backend: Backend, stop: signal.Signals
+) -> None:
+    """A worker stopped (SIGTERM) dismisses its standby; one killed outright (SIGKILL) leaves a
+    standby that ends by itself once it finds its stdin closed."""
+    worker = backend.start("worker")
+    try:
+        standby = wait_until(lambda: standby_horses(worker), 60, "a standby horse", [worker])
+        assert len(standby) == 1
+        worker.signal(stop)
+        worker.proc.wait(30)
+        psutil.wait_procs(standby, timeout=60)
+        assert not standby[0].is_running()
+    finally:
+        worker.stop()
