@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+    webhook_allow_private_networks: bool = False
 
     @property
     def sqlalchemy_url(self) -> str:

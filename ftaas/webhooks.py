@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import random
 import secrets
+import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +93,27 @@ def retry_delay(attempts: int, base: float) -> float:
     return delay * (1 - 0.25 * random.random())
 
 
+def refusal(url: str) -> str | None:
+    """Why a tenant's webhook URL must not be called, or None.
+
+    Its host must resolve only to public addresses: otherwise any tenant could have the service
+    POST to the cloud metadata endpoint, the database or anything else inside the cluster
+    (``FTAAS_WEBHOOK_ALLOW_PRIVATE_NETWORKS`` lifts this for receivers on a private network).
+    """
+    host = httpx2.URL(url).host
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"its host {host!r} does not resolve ({exc})"
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not address.is_global:
+            return f"its host {host!r} resolves to {address}, which is not a public address"
+    return None
+
+
 def record_job_event(session: Session, job: Job, type: EventType) -> None:
     """Queue one delivery per live endpoint of the job's tenant that subscribes to ``type``;
     call it inside the transaction that changes the job's status."""
@@ -145,7 +168,12 @@ def deliver_due(db: Database, settings: Settings | None = None) -> int:
         httpx2.Client(timeout=DELIVERY_TIMEOUT, follow_redirects=False) as client,
         ThreadPoolExecutor(max_workers=len(claims), thread_name_prefix="webhook") as pool,
     ):
-        outcomes = list(pool.map(lambda claim: _send(client, claim), claims))
+        outcomes = list(
+            pool.map(
+                lambda claim: _send(client, claim, settings.webhook_allow_private_networks),
+                claims,
+            )
+        )
     for claim, outcome in zip(claims, outcomes, strict=True):
         _record(db, claim, outcome, settings)
     return len(claims)
@@ -191,8 +219,13 @@ def _claim(db: Database, max_attempts: int) -> Sequence[Claim]:
     return claims
 
 
-def _send(client: httpx2.Client, claim: Claim) -> Outcome:
-    """POST the payload, signed now (receivers reject timestamps over 5 minutes old)."""
+def _send(client: httpx2.Client, claim: Claim, allow_private: bool) -> Outcome:
+    """POST the payload, signed now (receivers reject timestamps over 5 minutes old).
+
+    The destination is checked again here, not only when the endpoint was registered: DNS
+    answers change."""
+    if not allow_private and (reason := refusal(claim.url)):
+        return Outcome(None, f"Not sent: {reason}.")
     headers = signed_headers(claim.secret, claim.id, claim.payload, int(time.time()))
     try:
         # Streamed and never read: the receiver's answer body is none of our business.

@@ -87,6 +87,7 @@ def backend(
         "FTAAS_WORKER_LEASE_SECONDS": "4",
         "FTAAS_MAX_JOB_RETRIES": "2",
         "FTAAS_WEBHOOK_BACKOFF_SECONDS": "0.2",  # retries within a reconciler round or two
+        "FTAAS_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",  # the test receivers listen on loopback
         "PYTHONUNBUFFERED": "1",
     }
     saved = dict(os.environ)

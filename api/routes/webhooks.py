@@ -11,14 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import DB, TenantId
-from api.errors import not_found
+from api.deps import DB, Config, TenantId
+from api.errors import APIError, not_found
 from api.paging import paginate
 from client.types import Page, WebhookDelivery, WebhookEndpoint, WebhookEndpointDeleted
 from ftaas import models
 from ftaas.ids import new_id
 from ftaas.models import now
-from ftaas.webhooks import EVENT_TYPES, EventType, new_secret
+from ftaas.webhooks import EVENT_TYPES, EventType, new_secret, refusal
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -80,8 +80,14 @@ def _owned_endpoint(session: Session, tenant: str, endpoint_id: str) -> models.W
 
 
 @router.post("")
-def create_webhook(body: WebhookCreate, tenant: TenantId, db: DB) -> WebhookEndpoint:
+def create_webhook(
+    body: WebhookCreate, tenant: TenantId, db: DB, config: Config
+) -> WebhookEndpoint:
     """The answer is the only time the signing secret is shown."""
+    if not config.webhook_allow_private_networks and (reason := refusal(body.url)):
+        raise APIError(
+            400, f"Webhook URL refused: {reason}.", param="url", code="invalid_webhook_url"
+        )
     events = list(dict.fromkeys(body.events)) if body.events else list(EVENT_TYPES)
     row = models.WebhookEndpoint(
         id=new_id("whep"), tenant_id=tenant, url=body.url, secret=new_secret(), event_types=events

@@ -27,6 +27,7 @@ from tests.conftest import Backend
 from tests.integration.test_training import HYPERPARAMETERS
 from tests.support.data import taught_dataset
 from tests.support.jobs import create_job, upload, wait_for_status, wait_until
+from tests.support.services import free_port, wait_until_healthy
 
 OPENAI = openai.OpenAI(api_key="x")
 
@@ -331,3 +332,25 @@ def test_a_trained_job_posts_succeeded(
     assert event.type == "fine_tuning.job.succeeded"
     assert event.data.id == job["id"]
     assert event.created_at == done["finished_at"]
+
+
+def test_a_private_receiver_is_refused_unless_allowed(backend: Backend, api_key: str) -> None:
+    """This suite's server allows loopback receivers; by default the service does not."""
+    port = free_port()
+    server = backend.start(
+        "serve", "--port", str(port), FTAAS_WEBHOOK_ALLOW_PRIVATE_NETWORKS="false"
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(url, server)
+        response = httpx2.post(
+            f"{url}/v1/webhooks",
+            json={"url": "http://169.254.169.254/latest/meta-data/"},
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("url", "invalid_webhook_url")
+        assert "not a public address" in error["message"]
+    finally:
+        server.stop()
