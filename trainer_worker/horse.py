@@ -44,6 +44,13 @@ class StandbyHorse:
         os.close(read)
         return cls(pid, write)
 
+    def alive(self) -> bool:
+        """False once it has exited (reaping it): e.g. killed for memory while it waited."""
+        try:
+            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+        except ChildProcessError:
+            return False
+
     def take(self, worker: BaseWorker, job: Job, execution: Execution) -> None:
         handoff = {
             "worker_key": worker.key,

@@ -45,7 +45,11 @@ class TrainerWorker(Worker):
                 self.standby = None
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
-        horse, self.standby = self.standby or StandbyHorse.spawn(), None
+        horse, self.standby = self.standby, None
+        if horse is None or not horse.alive():
+            if horse:
+                horse.dismiss()
+            horse = StandbyHorse.spawn()
         assert self.execution is not None  # rq prepares it before starting the horse
         horse.take(self, job, self.execution)
         self._horse_pid = horse.pid

@@ -313,3 +313,15 @@ def test_idle_worker_keeps_one_standby_horse_and_leaves_none_behind(
         assert not standby[0].is_running()
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_a_standby_horse_lost_while_waiting_is_replaced(
+    backend: Backend, http: httpx2.Client, worker: Process
+) -> None:
+    """Killed while it waited (say, for memory): the next job gets a fresh horse and runs."""
+    standby = wait_until(lambda: standby_horses(worker), 60, "a standby horse", [worker])
+    standby[0].kill()
+    job = train_job(http, n_epochs=1)
+    done = wait_for_status(http, job["id"], {"succeeded", "failed"}, workers=[worker])
+    assert done["status"] == "succeeded", done["error"]
