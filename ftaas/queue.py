@@ -67,9 +67,8 @@ def is_enqueued(job_id: str, attempt: int, connection: Redis | None = None) -> b
     rq_id = rq_job_id(job_id, attempt)
     if queue.get_job_position(rq_id) is not None:
         return True
-    registry = queue.started_job_registry
-    taken = registry.connection.zrangebyscore(registry.key, time.time(), "+inf")
-    return any(member.decode().startswith(f"{rq_id}:") for member in taken)
+    live = queue.connection.zrangebyscore(queue.started_job_registry.key, time.time(), "+inf")
+    return any(member.decode().startswith(f"{rq_id}:") for member in live)
 
 
 def dequeue_training(job_id: str, attempt: int, connection: Redis | None = None) -> None:

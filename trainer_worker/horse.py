@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +68,9 @@ class StandbyHorse:
 
     def dismiss(self) -> None:
         os.close(self.stdin)
-        try:
+        with suppress(ProcessLookupError, ChildProcessError):  # already exited and reaped
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 def main() -> None:

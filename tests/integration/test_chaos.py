@@ -84,11 +84,11 @@ def test_random_worker_kills_lose_no_job(
             try:
                 final = wait_until(statuses, 60 * JOBS, "every job to finish", workers)
             except TimeoutError as timeout:
-                stuck = [j["id"] for j in http.get("/v1/fine_tuning/jobs").json()["data"]]
+                page = http.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]
                 history = {
-                    job_id: [e["message"] for e in events(http, job_id)][-6:]
-                    for job_id in stuck
-                    if http.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] not in TERMINAL
+                    j["id"]: [e["message"] for e in events(http, j["id"])][-6:]
+                    for j in page
+                    if j["status"] not in TERMINAL
                 }
                 raise AssertionError(
                     f"unfinished jobs: {history}\n{server.output()[-3000:]}"
