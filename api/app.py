@@ -13,7 +13,9 @@ from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.limits import BodyLimit
 from api.routes import files, health, jobs, models, webhooks
 from ftaas.db import get_database
+from ftaas.queue import connect_async_redis
 from ftaas.reconcile import Reconciler
+from ftaas.settings import get_settings
 
 
 class RequestId:
@@ -38,14 +40,16 @@ class RequestId:
 
 
 @asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_database().migrate()
+    app.state.redis = connect_async_redis(get_settings())
     reconciler = Reconciler()
     reconciler.start()
     try:
         yield
     finally:
         reconciler.stop()
+        await app.state.redis.aclose()
 
 
 def create_app() -> FastAPI:

@@ -1,44 +1,13 @@
-"""Per-tenant request rate limit (a Redis counter per minute, shared by all API replicas) and a
-bound on request bodies other than the streamed file upload."""
+"""A bound on request bodies other than the streamed file upload (the rate limit is in
+:mod:`api.auth`)."""
 
 from __future__ import annotations
 
-import logging
-import time
-
-from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import APIError, error_response
-from ftaas.queue import get_redis
+from api.errors import error_response
 from ftaas.settings import get_settings
-
-log = logging.getLogger("ftaas.api")
-
-
-def check_rate(tenant: str) -> None:
-    """429 with ``Retry-After`` once a tenant exceeds its requests in the current minute.
-
-    Fails open when Redis is away: the queue being down must not also lock users out of reads.
-    """
-    window = int(time.time() // 60)
-    key = f"ftaas:rate:{tenant}:{window}"
-    try:
-        pipe = get_redis().pipeline()
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count = pipe.execute()[0]
-    except RedisError as exc:
-        log.warning("rate limit not checked: %s", exc)
-        return
-    if count > get_settings().rate_limit_per_minute:
-        raise APIError(
-            429,
-            "Rate limit reached for requests per minute; retry after the time in Retry-After.",
-            code="rate_limit_exceeded",
-            retry_after=60 - int(time.time()) % 60,
-        )
 
 
 class BodyLimit:

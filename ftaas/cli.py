@@ -51,12 +51,19 @@ def _keys_create(args: argparse.Namespace) -> None:
 
 
 def _keys_revoke(args: argparse.Namespace) -> None:
-    from ftaas.db import get_database
-    from ftaas.keys import revoke_key
+    from redis.exceptions import RedisError
 
-    with get_database().session() as session:
-        if not revoke_key(session, args.key):
+    from ftaas.db import get_database
+    from ftaas.keys import KEY_CACHE_SECONDS, revoke_key
+
+    try:
+        if not revoke_key(get_database(), args.key):
             sys.exit("no such live key")
+    except RedisError as exc:
+        sys.exit(
+            f"revoked, but Redis is unreachable ({exc}): API servers may accept the key "
+            f"for up to {KEY_CACHE_SECONDS} s more"
+        )
     print("revoked")
 
 

@@ -44,10 +44,18 @@ def estimate(session: Session, job: Job) -> dict[str, Any]:
     if job.status not in ("queued", "running", "pausing"):
         return {}
     extra: dict[str, Any] = {}
+    speed = None
     if job.status == "queued":
-        extra["queue_position"] = session.scalar(
+        ahead = (
             select(func.count()).select_from(Job).where(Job.status == "queued", Job.seq < job.seq)
         )
+        fastest = select(func.max(Throughput.tokens_per_second)).where(
+            Throughput.model == job.model
+        )
+        position, speed = session.execute(
+            select(ahead.scalar_subquery(), fastest.scalar_subquery())
+        ).one()
+        extra["queue_position"] = position
     size = _file_size(session, job.training_file)
     if size is None:
         return extra
@@ -56,12 +64,8 @@ def estimate(session: Session, job: Job) -> dict[str, Any]:
     epochs = resolve(Hyperparameters.model_validate(fields), n_examples).n_epochs
     tokens = n_chars // CHARS_PER_TOKEN * epochs
     extra["estimated_trained_tokens"] = tokens
-    speed = session.scalar(
-        select(func.max(Throughput.tokens_per_second)).where(Throughput.model == job.model)
-    )
-    if job.status == "queued" and speed:
-        ahead = extra["queue_position"] + 1
-        extra["estimated_finish"] = now() + int(ahead * tokens / speed)
+    if speed:
+        extra["estimated_finish"] = now() + int((extra["queue_position"] + 1) * tokens / speed)
     return extra
 
 

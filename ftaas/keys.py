@@ -1,4 +1,8 @@
-"""Tenants and their API keys. Keys are shown once and stored only as SHA-256 hashes."""
+"""Tenants and their API keys. Keys are shown once and stored only as SHA-256 hashes.
+
+API servers remember live keys briefly (``api.auth``); a revocation replaces the key epoch in
+Redis, which voids what every server remembers.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,19 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ftaas.db import Database
 from ftaas.ids import new_id
 from ftaas.models import ApiKey, Tenant, now
+from ftaas.queue import get_redis
 
 KEY_PREFIX = "ftk_"
+KEY_EPOCH = "ftaas:keys:epoch"
+# How long a server may go on accepting a revoked key if the revocation could not reach Redis.
+KEY_CACHE_SECONDS = 60
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
 
 
 def hash_key(key: str) -> str:
@@ -35,9 +48,8 @@ def create_key(session: Session, tenant_name: str) -> str:
     return key
 
 
-def tenant_for_key(session: Session, key: str) -> str | None:
-    """The tenant id a live key belongs to, or None. The stored hash is compared in constant time."""
-    digest = hash_key(key)
+def tenant_for_digest(session: Session, digest: str) -> str | None:
+    """The tenant id a live key (by its hash) belongs to, or None, compared in constant time."""
     row = session.execute(
         select(ApiKey.tenant_id, ApiKey.key_hash).where(
             ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)
@@ -48,9 +60,14 @@ def tenant_for_key(session: Session, key: str) -> str | None:
     return row.tenant_id
 
 
-def revoke_key(session: Session, key: str) -> bool:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
-    if row is None or row.revoked_at is not None:
-        return False
-    row.revoked_at = now()
+def revoke_key(db: Database, key: str) -> bool:
+    """Revoke a live key (False if there is none). Raises RedisError when the revocation is
+    recorded but servers could not be told: they then notice within KEY_CACHE_SECONDS."""
+    with db.session() as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+        if row is None or row.revoked_at is not None:
+            return False
+        row.revoked_at = now()
+    # Only after the commit: a server that sees the new epoch must also see the revocation.
+    get_redis().set(KEY_EPOCH, new_epoch())
     return True

@@ -10,6 +10,7 @@ import time
 from functools import lru_cache
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -30,6 +31,16 @@ def connect_redis(settings: Settings) -> Redis:
 @lru_cache
 def get_redis() -> Redis:
     return connect_redis(get_settings())
+
+
+def connect_async_redis(settings: Settings) -> AsyncRedis:
+    """The same server for an event loop (the API's per-request key and rate checks), with
+    short timeouts so that a hung Redis cannot stall requests."""
+    timeouts = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    if settings.redis_url:
+        return AsyncRedis.from_url(settings.redis_url, **timeouts)
+    embedded = get_redis().connection_pool.connection_kwargs["path"]
+    return AsyncRedis(unix_socket_path=embedded, **timeouts)
 
 
 def training_queue(connection: Redis | None = None) -> Queue:

@@ -13,12 +13,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import DB, Config, Store, TenantId
 from api.errors import APIError, not_found
 from api.paging import paginate
 from api.wire import checkpoint_wire, event_wire, job_wire
 from client.types import TERMINAL_STATUSES, Checkpoint, FineTuningJob, JobEvent, Page
+from ftaas.db import Database
 from ftaas.estimates import estimate
 from ftaas.events import add_event
 from ftaas.hyperparams import Hyperparameters
@@ -213,7 +215,13 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, tenant: TenantId, db: DB) -> FineTuningJob:
+async def get_job(job_id: str, tenant: TenantId, db: DB) -> FineTuningJob:
+    # Polled endpoints are coroutines that hand only their SQL to a thread: FastAPI runs a plain
+    # function's endpoint and then its response validation as two separate thread hops.
+    return await run_in_threadpool(_read_job, db, tenant, job_id)
+
+
+def _read_job(db: Database, tenant: str, job_id: str) -> FineTuningJob:
     with db.session() as session:
         job = _owned_job(session, tenant, job_id)
         return job_wire(job, **estimate(session, job))

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from ftaas.db import Database
-from ftaas.keys import create_key
+from ftaas.db import Database, get_database
+from ftaas.keys import create_key, revoke_key
 from tests.conftest import Backend, new_key, tenant_client
 from tests.integration.test_training import HYPERPARAMETERS
 from tests.support.data import taught_dataset
@@ -82,6 +82,32 @@ def test_redis_restarted_empty_loses_no_job(backend: Backend, tmp_path: Path) ->
             ]
     finally:
         worker.stop()
+        redis.kill()
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_redis_down_keys_are_checked_in_sql_and_revocation_holds(
+    backend: Backend, tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    kept, revoked = new_key("redis-down-kept"), new_key("redis-down-revoked")
+    try:
+        with api_server(backend, FTAAS_REDIS_URL=redis.url) as (url, _):
+
+            def status(key: str) -> int:
+                headers = {"Authorization": f"Bearer {key}"}
+                return httpx2.get(f"{url}/v1/files", headers=headers, timeout=30).status_code
+
+            assert status(kept) == status(revoked) == 200  # both now remembered by the server
+            redis.kill()
+            revoke_key(get_database(), revoked)
+            assert status(kept) == 200  # reads go on without the rate limiter
+            assert status(revoked) == 401  # no Redis to read the epoch from: SQL decides
+            redis.start()  # back, and empty: no epoch, so nothing remembered is trusted
+            assert status(kept) == 200
+            assert status(revoked) == 401
+    finally:
         redis.kill()
 
 

@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from ftaas.db import MIGRATIONS, Database, get_database
-from ftaas.keys import create_key, tenant_for_key
+from ftaas.keys import create_key, hash_key, tenant_for_digest
 from tests.conftest import Backend
 from tests.support.data import taught_dataset
 from tests.support.services import free_port, wait_until_healthy
@@ -70,7 +70,7 @@ def test_an_existing_database_is_upgraded_in_place(tmp_path: Path) -> None:
         key = create_key(session, "old-tenant")
     database.migrate()
     with database.session() as session:
-        assert tenant_for_key(session, key) is not None
+        assert tenant_for_digest(session, hash_key(key)) is not None
         assert (
             session.execute(text("SELECT version_num FROM alembic_version")).scalar()
             == head_revision()
