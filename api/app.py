@@ -6,13 +6,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.limits import BodyLimit
 from api.routes import files, health, jobs, models, webhooks
-from ftaas.db import get_database
+from ftaas.db import POOL_SIZE, get_database
 from ftaas.queue import connect_async_redis
 from ftaas.reconcile import Reconciler
 from ftaas.settings import get_settings
@@ -42,6 +43,7 @@ class RequestId:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_database().migrate()
+    to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
     app.state.redis = connect_async_redis(get_settings())
     reconciler = Reconciler()
     reconciler.start()

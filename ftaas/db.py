@@ -17,6 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from ftaas.settings import get_settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Connections kept open per process. The API runs at most this many requests' SQL at once (its
+# threadpool is capped to match), so a busy API never opens and drops connections per request.
+POOL_SIZE = 20
 
 
 def make_engine(url: str) -> Engine:
@@ -26,7 +29,10 @@ def make_engine(url: str) -> Engine:
         if db_path:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=45
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=POOL_SIZE,
+            max_overflow=10,
         )
 
         @event.listens_for(engine, "connect")
@@ -40,7 +46,7 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=10)
 
 
 class Database:

@@ -93,7 +93,8 @@ class Job(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     adapter_key: Mapped[str | None] = mapped_column(String(512))
     adapter_sha256: Mapped[str | None] = mapped_column(String(64))
-    manifest: Mapped[dict[str, Any] | None]
+    # Read only by its own endpoint, not by every poll of the job.
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(deferred=True)
 
 
 class JobEvent(Base):

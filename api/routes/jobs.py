@@ -327,13 +327,14 @@ def get_manifest(job_id: str, tenant: TenantId, db: DB) -> dict[str, Any]:
     path digest, library versions, seed, resolved hyperparameters and device."""
     with db.session() as session:
         job = _owned_job(session, tenant, job_id)
-    if job.manifest is None:
+        manifest = job.manifest
+    if manifest is None:
         raise APIError(
             400,
             f"Job {job_id} is {job.status}; its manifest exists once it has succeeded.",
             param="id",
         )
-    return job.manifest
+    return manifest
 
 
 def _adapter_response(store: Store, key: str, sha256: str, filename: str) -> StreamingResponse:
