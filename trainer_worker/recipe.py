@@ -116,17 +116,15 @@ def _loss_terms(
     batch = {name: tensor.to(device) for name, tensor in batch.items()}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    # Position t predicts token t+1. Shifting the labels, not the logits, keeps the logits
+    # contiguous (no copy of the largest tensor), and only trained positions reach the loss.
+    labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
     trained = labels != IGNORE_INDEX
-    loss_sum = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    correct = ((logits.argmax(dim=-1) == labels) & trained).sum()
-    return loss_sum, int(correct), int(trained.sum())
+    logits = logits[trained].float()
+    labels = labels[trained]
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+    correct = (logits.argmax(dim=-1) == labels).sum()
+    return loss_sum, int(correct), len(labels)
 
 
 @torch.no_grad()
