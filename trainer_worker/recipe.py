@@ -105,6 +105,24 @@ def _lr_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+# Architectures whose logits are exactly lm_head(last hidden state). For them the lm_head runs on
+# trained positions only: prompts carry no labels, and with 100k+ vocabularies the lm_head is a
+# large share of the FLOPs. Others may scale or soft-cap their logits, so they compute them all.
+LM_HEAD_ON_TRAINED_ONLY = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def trained_logits(
+    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, trained: torch.Tensor
+) -> torch.Tensor:
+    """Logits at the positions where ``trained`` is set, as (positions, vocabulary)."""
+    causal_lm = model.get_base_model()  # LoRA layers sit inside it, in place
+    if causal_lm.config.model_type not in LM_HEAD_ON_TRAINED_ONLY:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[trained]
+    decoder = causal_lm.get_decoder()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return causal_lm.get_output_embeddings()(hidden[trained])
+
+
 def _loss_terms(
     model: PeftModel, batch: dict[str, torch.Tensor], device: torch.device
 ) -> tuple[torch.Tensor, int, int]:
@@ -114,13 +132,12 @@ def _loss_terms(
     the tokens are spread across batches and accumulation steps.
     """
     batch = {name: tensor.to(device) for name, tensor in batch.items()}
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    # Position t predicts token t+1. Shifting the labels, not the logits, keeps the logits
-    # contiguous (no copy of the largest tensor), and only trained positions reach the loss.
+    # Position t predicts token t+1: the labels shift, so only trained positions need logits.
     labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
     trained = labels != IGNORE_INDEX
-    logits = logits[trained].float()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = trained_logits(model, batch["input_ids"], batch["attention_mask"], trained)
+    logits = logits.float()
     labels = labels[trained]
     loss_sum = F.cross_entropy(logits, labels, reduction="sum")
     correct = (logits.argmax(dim=-1) == labels).sum()

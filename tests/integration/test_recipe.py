@@ -249,3 +249,24 @@ def test_early_stopping_keeps_the_best_adapter(model_dir: Path, tmp_path: Path) 
     saved = load_file(tmp_path / "best" / "adapter_model.safetensors")
     for name in kept:
         torch.testing.assert_close(kept[name], saved[name], rtol=0, atol=0)
+
+
+def test_logits_on_trained_positions_match_the_full_forward(model_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from trainer_worker.recipe import LM_HEAD_ON_TRAINED_ONLY, trained_logits
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    assert base.config.model_type in LM_HEAD_ON_TRAINED_ONLY  # the shortcut is what runs here
+    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(base, config)
+    input_ids = torch.randint(0, base.config.vocab_size, (3, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0  # a padded row
+    trained = torch.zeros_like(input_ids, dtype=torch.bool)
+    trained[0, 4:11], trained[1, 6:8], trained[2, 1] = True, True, True
+    full = model(input_ids=input_ids, attention_mask=attention_mask).logits[trained]
+    shortcut = trained_logits(model, input_ids, attention_mask, trained)
+    assert shortcut.shape == (10, base.config.vocab_size)
+    torch.testing.assert_close(shortcut, full)
