@@ -2,7 +2,7 @@
 
 The common case costs one Redis round trip and no SQL. Each process remembers the keys it has
 seen live, stamped with the key epoch: a token in Redis that every revocation replaces
-(:func:`ftaas.keys.revoke_key`). The pipeline that counts the request also reads the epoch, so a
+(:func:`ftaas.keys.revoke_key`). The Lua call that counts the request also reads the epoch, so a
 revoked key fails on every replica from the next request on. While Redis is unreachable, keys
 are checked in SQL and the rate limit is not applied: the queue being down must not also lock
 users out of reads.
@@ -43,28 +43,43 @@ async def current_tenant(
 ) -> str:
     """The tenant behind the bearer key (401 with OpenAI's wording otherwise), rate limited."""
     digest = hash_key(_bearer_key(authorization))
-    redis: AsyncRedis = request.app.state.redis
+    try:
+        tenant, count = await _check(request.app.state.redis, digest)
+    except RedisError as exc:
+        log.warning("API key checked in SQL, rate limit not applied: %s", exc)
+        tenant, count = await run_in_threadpool(_lookup, digest), None
+    if tenant is None:
+        _known.pop(digest, None)
+        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    if count is not None and count > get_settings().rate_limit_per_minute:
+        raise APIError(
+            429,
+            "Rate limit reached for requests per minute; retry after the time in Retry-After.",
+            code="rate_limit_exceeded",
+            retry_after=60 - int(time.time()) % 60,
+        )
+    return tenant
+
+
+async def _check(redis: AsyncRedis, digest: str) -> tuple[str | None, int | None]:
+    """The key's tenant (None: no live key) and the request's number in the tenant's minute."""
     count: int | None = None
     known = _known.get(digest)
     if known is not None and known.until > time.monotonic():
         count, epoch = await _count(redis, known.tenant)
-        if epoch == known.epoch:
-            _enforce(count)
-            return known.tenant
+        if epoch == known.epoch:  # no revocation since the key was looked up
+            return known.tenant, count
     # The epoch is read before SQL: a revocation committed after this read also replaces it.
     epoch = await _epoch(redis)
     tenant = await run_in_threadpool(_lookup, digest)
     if tenant is None:
-        _known.pop(digest, None)
-        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-    if epoch is not None:
-        if len(_known) >= _MAX_KNOWN:
-            _known.clear()
-        _known[digest] = _Known(tenant, epoch, time.monotonic() + KEY_CACHE_SECONDS)
+        return None, None
+    if len(_known) >= _MAX_KNOWN:
+        _known.clear()
+    _known[digest] = _Known(tenant, epoch, time.monotonic() + KEY_CACHE_SECONDS)
     if count is None:
         count, _ = await _count(redis, tenant)
-    _enforce(count)
-    return tenant
+    return tenant, count
 
 
 def _bearer_key(authorization: str | None) -> str:
@@ -92,42 +107,18 @@ return {n, redis.call('GET', KEYS[2])}
 _COUNT_SHA = hashlib.sha1(_COUNT.encode()).hexdigest()
 
 
-async def _count(redis: AsyncRedis, tenant: str) -> tuple[int | None, bytes | None]:
-    """This request's number in the tenant's current minute, and the key epoch (None, None
-    when Redis is unreachable)."""
+async def _count(redis: AsyncRedis, tenant: str) -> tuple[int, bytes | None]:
+    """This request's number in the tenant's current minute, and the key epoch."""
     keys = (f"ftaas:rate:{tenant}:{int(time.time() // 60)}", KEY_EPOCH)
     try:
-        try:
-            count, epoch = await redis.execute_command("EVALSHA", _COUNT_SHA, 2, *keys)
-        except NoScriptError:  # a new or restarted Redis: load the script once
-            count, epoch = await redis.execute_command("EVAL", _COUNT, 2, *keys)
-    except RedisError as exc:
-        log.warning("rate limit not checked: %s", exc)
-        return None, None
+        count, epoch = await redis.execute_command("EVALSHA", _COUNT_SHA, 2, *keys)
+    except NoScriptError:  # a new or restarted Redis: load the script once
+        count, epoch = await redis.execute_command("EVAL", _COUNT, 2, *keys)
     return count, epoch
 
 
-async def _epoch(redis: AsyncRedis) -> bytes | None:
-    """The key epoch, set on first use; None when Redis is unreachable (nothing is cached)."""
-    try:
-        _, epoch = (
-            await redis.pipeline(transaction=False)
-            .setnx(KEY_EPOCH, new_epoch())
-            .get(KEY_EPOCH)
-            .execute()
-        )
-    except RedisError as exc:
-        log.warning("API keys checked in SQL only: %s", exc)
-        return None
+async def _epoch(redis: AsyncRedis) -> bytes:
+    """The key epoch, set on first use."""
+    pipeline = redis.pipeline(transaction=False).setnx(KEY_EPOCH, new_epoch()).get(KEY_EPOCH)
+    _, epoch = await pipeline.execute()
     return epoch
-
-
-def _enforce(count: int | None) -> None:
-    """429 with ``Retry-After`` once a tenant exceeds its requests in the current minute."""
-    if count is not None and count > get_settings().rate_limit_per_minute:
-        raise APIError(
-            429,
-            "Rate limit reached for requests per minute; retry after the time in Retry-After.",
-            code="rate_limit_exceeded",
-            retry_after=60 - int(time.time()) % 60,
-        )
