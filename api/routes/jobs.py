@@ -295,12 +295,18 @@ def _drop_from_queue(job: Job) -> None:
 
 
 @router.get("/{job_id}/events")
-def list_events(
+async def list_events(
     job_id: str,
     tenant: TenantId,
     db: DB,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> Page[JobEvent]:
+    return await run_in_threadpool(_read_events, db, tenant, job_id, after, limit)
+
+
+def _read_events(
+    db: Database, tenant: str, job_id: str, after: str | None, limit: int
 ) -> Page[JobEvent]:
     with db.session() as session:
         _owned_job(session, tenant, job_id)
