@@ -22,13 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, MB, PeakRSS, Row, chat_rows, fmt_ms, jsonl, table
+from bench.common import BENCH_DIR, MB, PeakRSS, Row, chat_rows, fmt_ms, fmt_s, jsonl, table
 
 SEED = 0
 H100_BF16_PEAK = 989e12
 """Dense bf16 peak of an H100 SXM, FLOP/s; MFU is quoted against it on any CUDA device."""
 TARGET = 1.0
 ALL_LOGITS = "ours-all-logits"
+COMPILE_PROBE_BATCHES = 12
 
 # name: (config class, config fields); the shapes of the published models, random weights.
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -234,6 +235,57 @@ def run_ours(work: Workload) -> Result:
     )
 
 
+@dataclass
+class CompileProbe:
+    """Forward and backward over the same batches: eager, and with the decoder compiled."""
+
+    eager_seconds: float
+    compiled_seconds: float
+    compile_seconds: float  # the first compiled pass, less an eager pass
+
+
+def run_compile_probe(work: Workload) -> CompileProbe:
+    """What ``torch.compile`` (dynamic shapes, default mode) would do for the recipe's step:
+    the recipe's own loss on the workload's length-grouped batches, timed once warm in eager
+    mode, then with the decoder compiled in place (the lm_head stays eager)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trainer_worker.data import collate, make_batches
+    from trainer_worker.recipe import loss_terms
+
+    tokenizer, train_set = _encoded(work, _examples(work))
+    device = torch.device("cuda" if work.cuda else "cpu")
+    dtype = torch.bfloat16 if work.cuda else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(work.model_dir, dtype=dtype).to(device)
+    hp = work.hyperparameters()
+    lora = LoraConfig(
+        r=hp["lora_r"], lora_alpha=hp["lora_alpha"], target_modules="all-linear", lora_dropout=0
+    )
+    model = get_peft_model(base, lora)
+    batches = [
+        collate([train_set[i] for i in batch], tokenizer.pad_token_id)
+        for batch in make_batches(train_set, work.batch_size, SEED, 0)[:COMPILE_PROBE_BATCHES]
+    ]
+
+    def one_pass() -> float:
+        start = time.perf_counter()
+        for batch in batches:
+            loss_sum, _, _ = loss_terms(model, batch, device)
+            loss_sum.backward()
+        if work.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    one_pass()
+    eager = min(one_pass() for _ in range(2))
+    model.get_base_model().get_decoder().compile(dynamic=True)
+    first = one_pass()
+    compiled = min(one_pass() for _ in range(2))
+    return CompileProbe(eager, compiled, first - eager)
+
+
 def run_trl(work: Workload) -> Result:
     import torch
     from datasets import Dataset
@@ -334,6 +386,9 @@ def _child_main(argv: list[str]) -> None:
         build_model(payload["shape"], Path(payload["out"]), Path(payload["tokenizer"]))
         return
     work = Workload(**payload)
+    if mode == "compile":
+        print("RESULT " + json.dumps(asdict(run_compile_probe(work))))
+        return
     if mode == ALL_LOGITS:
         # The recipe's general path (for architectures that may post-process their logits):
         # the lm_head over every position. Against "ours", it measures that one change.
@@ -345,7 +400,7 @@ def _child_main(argv: list[str]) -> None:
 
 
 # -- in the parent ---------------------------------------------------------------------------
-def _child(mode: str, payload: dict[str, Any]) -> Result | None:
+def _child(mode: str, payload: dict[str, Any]) -> dict[str, Any] | None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     log = BENCH_DIR / f"train-{mode}.log"
     with log.open("a") as out:
@@ -361,7 +416,7 @@ def _child(mode: str, payload: dict[str, Any]) -> Result | None:
         return None
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return Result(**json.loads(line.removeprefix("RESULT ")))
+            return json.loads(line.removeprefix("RESULT "))
     return None
 
 
@@ -417,15 +472,27 @@ def run(repeats: int | None = None) -> list[Row]:
         best: dict[str, Result] = {}
         for _ in range(repeats):
             for impl in ("ours", ALL_LOGITS, "trl"):
-                result = _child(impl, asdict(work))
+                found = _child(impl, asdict(work))
+                result = Result(**found) if found else None
                 if result and (impl not in best or result.seconds < best[impl].seconds):
                     best[impl] = result
-        rows += _rows(work, best.get("ours"), best.get("trl"), best.get(ALL_LOGITS))
+        probe = _child("compile", asdict(work))
+        rows += _rows(
+            work,
+            best.get("ours"),
+            best.get("trl"),
+            best.get(ALL_LOGITS),
+            CompileProbe(**probe) if probe else None,
+        )
     return rows
 
 
 def _rows(
-    work: Workload, ours: Result | None, trl: Result | None, all_logits: Result | None
+    work: Workload,
+    ours: Result | None,
+    trl: Result | None,
+    all_logits: Result | None,
+    probe: CompileProbe | None,
 ) -> list[Row]:
     name = f"train {work.name}"
     if ours is None:
@@ -485,6 +552,18 @@ def _rows(
                 ours.tokens_per_second / all_logits.tokens_per_second,
             )
         )
+    if probe:
+        rows += [
+            Row(
+                name,
+                f"change: torch.compile of the decoder, fwd+bwd of {COMPILE_PROBE_BATCHES} batches "
+                "(baseline: eager)",
+                fmt_s(probe.compiled_seconds),
+                fmt_s(probe.eager_seconds),
+                probe.compiled_seconds / probe.eager_seconds,
+            ),
+            Row(name, "  its one-off compile time", fmt_s(probe.compile_seconds)),
+        ]
     # Measured properties of our batches that bound what recipe changes could save.
     rows += [
         Row(
@@ -494,7 +573,7 @@ def _rows(
         ),
         Row(
             name,
-            "headroom: real tokens without a label (what the change above skips)",
+            "headroom: real tokens without a label (what the lm_head change skips)",
             f"{ours.untrained_share:.1%}",
         ),
     ]

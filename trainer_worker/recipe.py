@@ -123,7 +123,7 @@ def trained_logits(
     return causal_lm.get_output_embeddings()(hidden[trained])
 
 
-def _loss_terms(
+def loss_terms(
     model: PeftModel, batch: dict[str, torch.Tensor], device: torch.device
 ) -> tuple[torch.Tensor, int, int]:
     """Summed next-token loss, correct predictions and trained tokens of one batch.
@@ -156,7 +156,7 @@ def _evaluate(
     model.eval()
     loss_sum, correct, n_tokens = 0.0, 0, 0
     for start in range(0, len(examples), batch_size):
-        batch_loss, batch_correct, batch_tokens = _loss_terms(
+        batch_loss, batch_correct, batch_tokens = loss_terms(
             model, collate(examples[start : start + batch_size], pad_id), device
         )
         loss_sum += batch_loss.item()
@@ -362,7 +362,7 @@ def train(
             step_loss, step_correct = 0.0, 0
             for batch in group:
                 collated = collate([train_set[index] for index in batch], pad_id)
-                loss_sum, correct, _ = _loss_terms(model, collated, torch_device)
+                loss_sum, correct, _ = loss_terms(model, collated, torch_device)
                 # Dividing by the whole step's trained tokens weights every token equally.
                 (loss_sum / step_tokens).backward()
                 step_loss += loss_sum.item()
