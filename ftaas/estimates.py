@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from ftaas.hyperparams import Hyperparameters, resolve
@@ -39,6 +39,18 @@ def record_throughput(
     row.updated_at = now()
 
 
+# Built once: constructing a statement costs about as much as running it, and jobs are polled.
+_QUEUE_POSITION_AND_SPEED = select(
+    select(func.count())
+    .select_from(Job)
+    .where(Job.status == "queued", Job.seq < bindparam("seq"))
+    .scalar_subquery(),
+    select(func.max(Throughput.tokens_per_second))
+    .where(Throughput.model == bindparam("model"))
+    .scalar_subquery(),
+)
+
+
 def estimate(session: Session, job: Job) -> dict[str, Any]:
     """Extra fields for a job that has not finished: queue position, projected tokens, ETA."""
     if job.status not in ("queued", "running", "pausing"):
@@ -46,15 +58,8 @@ def estimate(session: Session, job: Job) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     speed = None
     if job.status == "queued":
-        ahead = (
-            select(func.count()).select_from(Job).where(Job.status == "queued", Job.seq < job.seq)
-        )
-        fastest = select(func.max(Throughput.tokens_per_second)).where(
-            Throughput.model == job.model
-        )
-        position, speed = session.execute(
-            select(ahead.scalar_subquery(), fastest.scalar_subquery())
-        ).one()
+        params = {"seq": job.seq, "model": job.model}
+        position, speed = session.execute(_QUEUE_POSITION_AND_SPEED, params).one()
         extra["queue_position"] = position
     size = _file_size(session, job.training_file)
     if size is None:

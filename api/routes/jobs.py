@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -81,10 +81,15 @@ class JobCreate(Strict):
         return nested or self.hyperparameters or Hyperparameters()
 
 
+# Built once: constructing a statement costs about as much as running it on every poll.
+_OWNED_JOB = select(Job).where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant"))
+_OWNED_JOB_LOCKED = _OWNED_JOB.with_for_update()
+
+
 def _owned_job(session: Session, tenant: str, job_id: str, lock: bool = False) -> Job:
     """The caller's job (404 otherwise); ``lock`` holds its row for a state change."""
-    query = select(Job).where(Job.id == job_id, Job.tenant_id == tenant)
-    row = session.scalar(query.with_for_update() if lock else query)
+    query = _OWNED_JOB_LOCKED if lock else _OWNED_JOB
+    row = session.scalar(query, {"job_id": job_id, "tenant": tenant})
     if row is None:
         raise not_found("fine-tuning job", job_id)
     return row
