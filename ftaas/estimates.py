@@ -61,32 +61,30 @@ def estimate(session: Session, job: Job) -> dict[str, Any]:
         params = {"seq": job.seq, "model": job.model}
         position, speed = session.execute(_QUEUE_POSITION_AND_SPEED, params).one()
         extra["queue_position"] = position
-    size = _file_size(session, job.training_file)
-    if size is None:
+    tokens = _projected_tokens(session, job)
+    if tokens is None:
         return extra
-    n_examples, n_chars = size
-    fields = {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
-    epochs = resolve(Hyperparameters.model_validate(fields), n_examples).n_epochs
-    tokens = n_chars // CHARS_PER_TOKEN * epochs
     extra["estimated_trained_tokens"] = tokens
     if speed:
         extra["estimated_finish"] = now() + int((extra["queue_position"] + 1) * tokens / speed)
     return extra
 
 
-_file_sizes: dict[str, tuple[int, int]] = {}
+_projected: dict[str, int] = {}
 
 
-def _file_size(session: Session, file_id: str) -> tuple[int, int] | None:
-    """(examples, characters) of a validated file. Those never change, and jobs are polled
-    often, so each process remembers them (a bounded number)."""
-    if file_id not in _file_sizes:
-        row = session.execute(
-            select(File.n_examples, File.n_chars).where(File.id == file_id)
+def _projected_tokens(session: Session, job: Job) -> int | None:
+    """Tokens the job will train, from its file's size and its epochs. Neither changes once the
+    job exists, and jobs are polled often, so each process remembers them (a bounded number)."""
+    if job.id not in _projected:
+        size = session.execute(
+            select(File.n_examples, File.n_chars).where(File.id == job.training_file)
         ).first()
-        if row is None or not row.n_examples or not row.n_chars:
+        if size is None or not size.n_examples or not size.n_chars:
             return None
-        if len(_file_sizes) >= 10_000:
-            _file_sizes.clear()
-        _file_sizes[file_id] = (row.n_examples, row.n_chars)
-    return _file_sizes[file_id]
+        fields = {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
+        epochs = resolve(Hyperparameters.model_validate(fields), size.n_examples).n_epochs
+        if len(_projected) >= 10_000:
+            _projected.clear()
+        _projected[job.id] = size.n_chars // CHARS_PER_TOKEN * epochs
+    return _projected[job.id]
