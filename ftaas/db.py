@@ -26,13 +26,14 @@ def make_engine(url: str) -> Engine:
     """An engine tuned for several processes sharing one database (API, workers, trainers)."""
     if url.startswith("sqlite"):
         db_path = make_url(url).database
-        if db_path:
+        # An in-memory database lives in one connection: SQLAlchemy pools it its own way.
+        in_memory = not db_path or db_path == ":memory:"
+        if not in_memory:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
-            pool_size=POOL_SIZE,
-            max_overflow=10,
+            **({} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": 10}),
         )
 
         @event.listens_for(engine, "connect")

@@ -7,6 +7,7 @@ so an estimate exists before a job has run a single step; once it runs, the work
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
@@ -66,7 +67,10 @@ def estimate(session: Session, job: Job) -> dict[str, Any]:
         return extra
     extra["estimated_trained_tokens"] = tokens
     if speed:
-        extra["estimated_finish"] = now() + int((extra["queue_position"] + 1) * tokens / speed)
+        # Rounded up: a queued job never looks done already.
+        extra["estimated_finish"] = now() + math.ceil(
+            (extra["queue_position"] + 1) * tokens / speed
+        )
     return extra
 
 
@@ -76,7 +80,8 @@ _projected: dict[str, int] = {}
 def _projected_tokens(session: Session, job: Job) -> int | None:
     """Tokens the job will train, from its file's size and its epochs. Neither changes once the
     job exists, and jobs are polled often, so each process remembers them (a bounded number)."""
-    if job.id not in _projected:
+    tokens = _projected.get(job.id)
+    if tokens is None:
         size = session.execute(
             select(File.n_examples, File.n_chars).where(File.id == job.training_file)
         ).first()
@@ -84,7 +89,8 @@ def _projected_tokens(session: Session, job: Job) -> int | None:
             return None
         fields = {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
         epochs = resolve(Hyperparameters.model_validate(fields), size.n_examples).n_epochs
+        tokens = size.n_chars // CHARS_PER_TOKEN * epochs
         if len(_projected) >= 10_000:
             _projected.clear()
-        _projected[job.id] = size.n_chars // CHARS_PER_TOKEN * epochs
-    return _projected[job.id]
+        _projected[job.id] = tokens
+    return tokens

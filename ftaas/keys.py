@@ -61,13 +61,16 @@ def tenant_for_digest(session: Session, digest: str) -> str | None:
 
 
 def revoke_key(db: Database, key: str) -> bool:
-    """Revoke a live key (False if there is none). Raises RedisError when the revocation is
-    recorded but servers could not be told: they then notice within KEY_CACHE_SECONDS."""
+    """Revoke a key; False if there is no such live key. Raises RedisError when the revocation
+    is recorded but servers could not be told: they then notice within KEY_CACHE_SECONDS, or at
+    once when the revocation is run again."""
     with db.session() as session:
         row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
-        if row is None or row.revoked_at is not None:
+        if row is None:
             return False
-        row.revoked_at = now()
+        was_live = row.revoked_at is None
+        if was_live:
+            row.revoked_at = now()
     # Only after the commit: a server that sees the new epoch must also see the revocation.
     get_redis().set(KEY_EPOCH, new_epoch())
-    return True
+    return was_live

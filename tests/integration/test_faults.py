@@ -3,6 +3,8 @@ and come back; jobs are never lost and the API answers 503 meanwhile, never a ha
 
 from __future__ import annotations
 
+import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -109,6 +111,21 @@ def test_redis_down_keys_are_checked_in_sql_and_revocation_holds(
             assert status(revoked) == 401
     finally:
         redis.kill()
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_hung_redis_delays_a_request_by_seconds_at_most(backend: Backend) -> None:
+    with socket.socket() as hung:  # accepts connections into its backlog, never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        redis_url = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
+        with api_server(backend, FTAAS_REDIS_URL=redis_url) as (url, server):
+            headers = {"Authorization": f"Bearer {new_key('redis-hung')}"}
+            started = time.monotonic()
+            response = httpx2.get(f"{url}/v1/files", headers=headers, timeout=60)
+            assert response.status_code == 200  # the key checked in SQL
+            assert time.monotonic() - started < 4  # one 1 s Redis timeout, then SQL
+            server.kill(signal.SIGKILL)  # its reconciler thread waits on Redis too
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
