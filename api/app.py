@@ -16,7 +16,6 @@ from api.routes import files, health, jobs, models, webhooks
 from ftaas.db import POOL_SIZE, get_database
 from ftaas.queue import connect_async_redis
 from ftaas.reconcile import Reconciler
-from ftaas.settings import get_settings
 
 
 class RequestId:
@@ -44,7 +43,7 @@ class RequestId:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_database().migrate()
     to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
-    app.state.redis = connect_async_redis(get_settings())
+    app.state.redis = connect_async_redis()
     reconciler = Reconciler()
     reconciler.start()
     try:

@@ -49,6 +49,8 @@ async def current_tenant(
         log.warning("API key checked in SQL, rate limit not applied: %s", exc)
         tenant, count = await run_in_threadpool(_lookup, digest), None
     if tenant is None:
+        # Forgotten here too: after a revocation whose epoch never reached Redis, the entry
+        # would otherwise be trusted again once Redis answers.
         _known.pop(digest, None)
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
     if count is not None and count > get_settings().rate_limit_per_minute:

@@ -33,12 +33,13 @@ def get_redis() -> Redis:
     return connect_redis(get_settings())
 
 
-def connect_async_redis(settings: Settings) -> AsyncRedis:
-    """The same server for an event loop (the API's per-request key and rate checks), with
-    short timeouts so that a hung Redis cannot stall requests."""
+def connect_async_redis() -> AsyncRedis:
+    """The server :func:`get_redis` talks to, for an event loop (the API's per-request key and
+    rate checks), with short timeouts so that a hung Redis cannot stall requests."""
     timeouts = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
-    if settings.redis_url:
-        return AsyncRedis.from_url(settings.redis_url, **timeouts)
+    if url := get_settings().redis_url:
+        return AsyncRedis.from_url(url, **timeouts)
+    # The embedded server: the socket of the one get_redis() started or joined.
     embedded = get_redis().connection_pool.connection_kwargs["path"]
     return AsyncRedis(unix_socket_path=embedded, **timeouts)
 
