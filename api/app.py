@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.auth import KeyGate
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.limits import BodyLimit
 from api.routes import files, health, jobs, models, webhooks
@@ -43,14 +45,17 @@ class RequestId:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_database().migrate()
     to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
-    app.state.redis = connect_async_redis()
+    app.state.keys = gate = KeyGate(connect_async_redis())
+    syncing = asyncio.create_task(gate.sync_forever())
     reconciler = Reconciler()
     reconciler.start()
     try:
         yield
     finally:
         reconciler.stop()
-        await app.state.redis.aclose()
+        syncing.cancel()
+        await asyncio.gather(syncing, return_exceptions=True)
+        await gate.redis.aclose()
 
 
 def create_app() -> FastAPI:

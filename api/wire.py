@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Row
+
 from client.types import Checkpoint, FileObject, FineTuningJob, JobEvent, JobHyperparameters
 from ftaas import models
 
@@ -21,7 +23,7 @@ def file_wire(row: models.File) -> FileObject:
     )
 
 
-def job_wire(row: models.Job, **extra: Any) -> FineTuningJob:
+def job_wire(row: models.Job | Row[Any], **extra: Any) -> FineTuningJob:
     """``extra``: estimates, overriding or beyond OpenAI's fields (clients ignore unknown ones)."""
     hyperparameters = JobHyperparameters.model_validate(row.hyperparameters)
     fields: dict[str, Any] = dict(

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, Select, case, func, select
+from sqlalchemy.orm import Session, aliased
 
-from ftaas.hyperparams import Hyperparameters, resolve
+from ftaas.hyperparams import auto_epochs
 from ftaas.models import File, Job, Throughput, now
 
 CHARS_PER_TOKEN = 4  # a rough rate for English text; good enough for an estimate
@@ -40,57 +40,48 @@ def record_throughput(
     row.updated_at = now()
 
 
-# Built once: constructing a statement costs about as much as running it, and jobs are polled.
-_QUEUE_POSITION_AND_SPEED = select(
-    select(func.count())
-    .select_from(Job)
-    .where(Job.status == "queued", Job.seq < bindparam("seq"))
-    .scalar_subquery(),
-    select(func.max(Throughput.tokens_per_second))
-    .where(Throughput.model == bindparam("model"))
-    .scalar_subquery(),
-)
+_AHEAD = aliased(Job)
 
 
-def estimate(session: Session, job: Job) -> dict[str, Any]:
-    """Extra fields for a job that has not finished: queue position, projected tokens, ETA."""
-    if job.status not in ("queued", "running", "pausing"):
+def with_estimate_inputs(query: Select[Any]) -> Select[Any]:
+    """``query`` over jobs, also selecting what :func:`estimate` reads: jobs are polled, so the
+    estimate costs no statement of its own."""
+    queue_position = (
+        select(func.count())
+        .select_from(_AHEAD)
+        .where(_AHEAD.status == "queued", _AHEAD.seq < Job.seq)
+        .scalar_subquery()
+    )
+    speed = (
+        select(func.max(Throughput.tokens_per_second))
+        .where(Throughput.model == Job.model)
+        .scalar_subquery()
+    )
+    return query.add_columns(
+        case((Job.status == "queued", queue_position)).label("queue_position"),
+        speed.label("tokens_per_second"),
+        File.n_examples,
+        File.n_chars,
+    ).outerjoin(File, File.id == Job.training_file)
+
+
+def estimate(row: Row[Any]) -> dict[str, Any]:
+    """Extra fields for a job that has not finished: queue position, projected tokens, ETA.
+    ``row``: the job's status, epochs and what :func:`with_estimate_inputs` adds."""
+    if row.status not in ("queued", "running", "pausing"):
         return {}
     extra: dict[str, Any] = {}
-    speed = None
-    if job.status == "queued":
-        params = {"seq": job.seq, "model": job.model}
-        position, speed = session.execute(_QUEUE_POSITION_AND_SPEED, params).one()
-        extra["queue_position"] = position
-    tokens = _projected_tokens(session, job)
-    if tokens is None:
+    if row.status == "queued":
+        extra["queue_position"] = row.queue_position
+    if not row.n_examples or not row.n_chars:
         return extra
-    extra["estimated_trained_tokens"] = tokens
-    if speed:
+    epochs = row.hyperparameters.get("n_epochs", "auto")
+    if epochs == "auto":
+        epochs = auto_epochs(row.n_examples)
+    tokens = extra["estimated_trained_tokens"] = row.n_chars // CHARS_PER_TOKEN * epochs
+    if row.status == "queued" and row.tokens_per_second:
         # Rounded up: a queued job never looks done already.
         extra["estimated_finish"] = now() + math.ceil(
-            (extra["queue_position"] + 1) * tokens / speed
+            (row.queue_position + 1) * tokens / row.tokens_per_second
         )
     return extra
-
-
-_projected: dict[str, int] = {}
-
-
-def _projected_tokens(session: Session, job: Job) -> int | None:
-    """Tokens the job will train, from its file's size and its epochs. Neither changes once the
-    job exists, and jobs are polled often, so each process remembers them (a bounded number)."""
-    tokens = _projected.get(job.id)
-    if tokens is None:
-        size = session.execute(
-            select(File.n_examples, File.n_chars).where(File.id == job.training_file)
-        ).first()
-        if size is None or not size.n_examples or not size.n_chars:
-            return None
-        fields = {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
-        epochs = resolve(Hyperparameters.model_validate(fields), size.n_examples).n_epochs
-        tokens = size.n_chars // CHARS_PER_TOKEN * epochs
-        if len(_projected) >= 10_000:
-            _projected.clear()
-        _projected[job.id] = tokens
-    return tokens

@@ -34,8 +34,8 @@ def get_redis() -> Redis:
 
 
 def connect_async_redis() -> AsyncRedis:
-    """The server :func:`get_redis` talks to, for an event loop (the API's per-request key and
-    rate checks), with short timeouts so that a hung Redis cannot stall requests."""
+    """The server :func:`get_redis` talks to, for an event loop (the API's key and rate-count
+    sync), with short timeouts so that a hung Redis soon reads as unreachable."""
     timeouts = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
     if url := get_settings().redis_url:
         return AsyncRedis.from_url(url, **timeouts)

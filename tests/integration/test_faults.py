@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from api.auth import BLIND_SECONDS
 from ftaas.db import Database, get_database
 from ftaas.keys import create_key, revoke_key
 from tests.conftest import Backend, new_key, tenant_client
@@ -103,10 +104,11 @@ def test_redis_down_keys_are_checked_in_sql_and_revocation_holds(
 
             assert status(kept) == status(revoked) == 200  # both now remembered by the server
             redis.kill()
-            revoke_key(get_database(), revoked)
-            assert status(kept) == 200  # reads go on without the rate limiter
-            assert status(revoked) == 401  # no Redis to read the epoch from: SQL decides
-            redis.start()  # back, and empty: no epoch, so nothing remembered is trusted
+            revoke_key(get_database(), revoked)  # in SQL; the server's Redis never hears of it
+            # Once the server has gone BLIND_SECONDS without a sync, SQL decides every request.
+            wait_until(lambda: status(revoked) == 401, BLIND_SECONDS + 3, "revoked key refused")
+            assert status(kept) == 200  # reads go on
+            redis.start()  # back, and empty: a new epoch, so nothing remembered is trusted
             assert status(kept) == 200
             assert status(revoked) == 401
     finally:
@@ -114,7 +116,7 @@ def test_redis_down_keys_are_checked_in_sql_and_revocation_holds(
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
-def test_hung_redis_delays_a_request_by_seconds_at_most(backend: Backend) -> None:
+def test_hung_redis_delays_no_request(backend: Backend) -> None:
     with socket.socket() as hung:  # accepts connections into its backlog, never answers
         hung.bind(("127.0.0.1", 0))
         hung.listen(64)
@@ -124,7 +126,7 @@ def test_hung_redis_delays_a_request_by_seconds_at_most(backend: Backend) -> Non
             started = time.monotonic()
             response = httpx2.get(f"{url}/v1/files", headers=headers, timeout=60)
             assert response.status_code == 200  # the key checked in SQL
-            assert time.monotonic() - started < 4  # one 1 s Redis timeout, then SQL
+            assert time.monotonic() - started < 1.5  # no request waits on Redis
             server.kill(signal.SIGKILL)  # its reconciler thread waits on Redis too
 
 

@@ -17,6 +17,7 @@ from ftaas.db import MIGRATIONS, Database, get_database
 from ftaas.keys import create_key, hash_key, tenant_for_digest
 from tests.conftest import Backend
 from tests.support.data import taught_dataset
+from tests.support.jobs import wait_until
 from tests.support.services import free_port, wait_until_healthy
 
 
@@ -42,7 +43,12 @@ def test_keys_create_prints_a_working_key_and_revoke_disables_it(
         stored = session.execute(text("SELECT key_hash FROM api_keys")).scalars().all()
     assert key not in stored  # only hashes are kept
     ftaas(backend, "keys", "revoke", key)
-    assert httpx2.get(f"{api_url}/v1/files", headers=headers).status_code == 401
+
+    def refused() -> bool:
+        return httpx2.get(f"{api_url}/v1/files", headers=headers).status_code == 401
+
+    # Every server refuses it within one sync of its key gate (SYNC_SECONDS).
+    wait_until(refused, 2, "the revoked key refused")
 
 
 def head_revision() -> str:

@@ -1,0 +1,81 @@
+"""The API's key gate against the real Redis and SQL: replicas share a tenant's minute, and a
+revocation voids what a replica remembers at its next sync."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from api.auth import KeyGate
+from ftaas.db import get_database
+from ftaas.keys import hash_key, revoke_key
+from ftaas.queue import connect_async_redis
+from tests.conftest import Backend, new_key
+
+
+def _inside_one_minute() -> None:
+    """Counts are per minute: start well inside a window."""
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+
+
+def test_replicas_count_a_tenant_together(backend: Backend) -> None:
+    tenant = f"org-{uuid.uuid4().hex}"
+
+    async def scenario() -> None:
+        first, second = KeyGate(connect_async_redis()), KeyGate(connect_async_redis())
+        try:
+            assert [first.count(tenant) for _ in range(5)][-1] == 5
+            assert [second.count(tenant) for _ in range(3)][-1] == 3  # neither has synced
+            await first.sync()
+            await second.sync()  # reads back 8: the first replica's 5 and its own 3
+            assert second.count(tenant) == 9
+            first.count(tenant)
+            await first.sync()  # adds its sixth, reads back 9: second's ninth is not in Redis yet
+            assert first.count(tenant) == 10
+        finally:
+            await first.redis.aclose()
+            await second.redis.aclose()
+
+    _inside_one_minute()
+    asyncio.run(scenario())
+
+
+def test_a_revocation_voids_a_remembered_key_at_the_next_sync(backend: Backend) -> None:
+    key = new_key(f"gate-{uuid.uuid4().hex[:6]}")
+    digest = hash_key(key)
+
+    async def scenario() -> None:
+        gate = KeyGate(connect_async_redis())
+        try:
+            await gate.sync()
+            tenant = await gate.tenant(digest)
+            assert tenant is not None and gate.known[digest].tenant == tenant
+            revoke_key(get_database(), key)
+            assert await gate.tenant(digest) == tenant  # remembered until the next sync
+            await gate.sync()
+            assert await gate.tenant(digest) is None
+            assert digest not in gate.known
+        finally:
+            await gate.redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_gate_that_cannot_sync_checks_every_key_in_sql(backend: Backend) -> None:
+    key = new_key(f"gate-{uuid.uuid4().hex[:6]}")
+    digest = hash_key(key)
+
+    async def scenario() -> None:
+        gate = KeyGate(connect_async_redis())
+        try:
+            await gate.sync()
+            assert await gate.tenant(digest) is not None
+            gate.synced_at -= 2  # as if the last good sync were two seconds old
+            revoke_key(get_database(), key)
+            assert await gate.tenant(digest) is None  # SQL decided, though the epoch is old
+        finally:
+            await gate.redis.aclose()
+
+    asyncio.run(scenario())
