@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from api.auth import KeyGate
 from ftaas.db import get_database
@@ -20,12 +22,21 @@ def _inside_one_minute() -> None:
         time.sleep(61 - time.time() % 60)
 
 
+@asynccontextmanager
+async def synced_gate() -> AsyncIterator[KeyGate]:
+    gate = KeyGate(connect_async_redis())
+    try:
+        await gate.sync()
+        yield gate
+    finally:
+        await gate.redis.aclose()
+
+
 def test_replicas_count_a_tenant_together(backend: Backend) -> None:
     tenant = f"org-{uuid.uuid4().hex}"
 
     async def scenario() -> None:
-        first, second = KeyGate(connect_async_redis()), KeyGate(connect_async_redis())
-        try:
+        async with synced_gate() as first, synced_gate() as second:
             assert [first.count(tenant) for _ in range(5)][-1] == 5
             assert [second.count(tenant) for _ in range(3)][-1] == 3  # neither has synced
             await first.sync()
@@ -34,9 +45,6 @@ def test_replicas_count_a_tenant_together(backend: Backend) -> None:
             first.count(tenant)
             await first.sync()  # adds its sixth, reads back 9: second's ninth is not in Redis yet
             assert first.count(tenant) == 10
-        finally:
-            await first.redis.aclose()
-            await second.redis.aclose()
 
     _inside_one_minute()
     asyncio.run(scenario())
@@ -47,9 +55,7 @@ def test_a_revocation_voids_a_remembered_key_at_the_next_sync(backend: Backend) 
     digest = hash_key(key)
 
     async def scenario() -> None:
-        gate = KeyGate(connect_async_redis())
-        try:
-            await gate.sync()
+        async with synced_gate() as gate:
             tenant = await gate.tenant(digest)
             assert tenant is not None and gate.known[digest].tenant == tenant
             revoke_key(get_database(), key)
@@ -57,25 +63,18 @@ def test_a_revocation_voids_a_remembered_key_at_the_next_sync(backend: Backend) 
             await gate.sync()
             assert await gate.tenant(digest) is None
             assert digest not in gate.known
-        finally:
-            await gate.redis.aclose()
 
     asyncio.run(scenario())
 
 
 def test_a_gate_that_cannot_sync_checks_every_key_in_sql(backend: Backend) -> None:
     key = new_key(f"gate-{uuid.uuid4().hex[:6]}")
-    digest = hash_key(key)
 
     async def scenario() -> None:
-        gate = KeyGate(connect_async_redis())
-        try:
-            await gate.sync()
-            assert await gate.tenant(digest) is not None
+        async with synced_gate() as gate:
+            assert await gate.tenant(hash_key(key)) is not None
             gate.synced_at -= 2  # as if the last good sync were two seconds old
             revoke_key(get_database(), key)
-            assert await gate.tenant(digest) is None  # SQL decided, though the epoch is old
-        finally:
-            await gate.redis.aclose()
+            assert await gate.tenant(hash_key(key)) is None  # SQL decided; the epoch is old
 
     asyncio.run(scenario())
