@@ -237,21 +237,39 @@ def run_ours(work: Workload) -> Result:
 
 @dataclass
 class StepProbe:
-    """Seconds for one forward and backward pass over the same batches, three ways (the best of
-    PROBE_PASSES each): the recipe as shipped, its lm_head over every position, and with the
-    decoder compiled."""
+    """Seconds for one forward and backward pass over the same batches, four ways (the best of
+    PROBE_PASSES each): the recipe as shipped, its lm_head over every position, each batch
+    packed into one row without padding, and with the decoder compiled."""
 
     shipped: float
     all_positions: float
+    packed: float
+    packed_loss_delta: float  # largest relative difference of a batch's loss, packed vs padded
     compiled: float
     compile_seconds: float  # the first compiled pass, less a shipped one
 
 
+def _packed(examples: list[Any]) -> dict[str, Any]:
+    """A batch's examples back to back in one row, positions restarting at each, no padding.
+    The model then attends within each example only (transformers reads the restarts)."""
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for example in examples:
+        ids += example.input_ids
+        labels += example.labels
+        positions += range(len(example.input_ids))
+    columns = {"input_ids": ids, "position_ids": positions, "labels": labels}
+    return {name: torch.tensor([values]) for name, values in columns.items()}
+
+
 def run_step_probe(work: Workload) -> StepProbe:
-    """Two recipe changes measured in one process on the workload's length-grouped batches.
+    """Three recipe changes measured in one process on the workload's length-grouped batches.
     Whole runs in separate processes drift too much on a shared machine to show a few percent;
-    here the shipped and all-positions passes alternate. ``torch.compile`` (dynamic shapes,
-    default mode) compiles the decoder in place, so its passes come last."""
+    here the shipped, all-positions and packed passes alternate. ``torch.compile`` (dynamic
+    shapes, default mode) compiles the decoder in place, so its passes come last."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -268,13 +286,15 @@ def run_step_probe(work: Workload) -> StepProbe:
         r=hp["lora_r"], lora_alpha=hp["lora_alpha"], target_modules="all-linear", lora_dropout=0
     )
     model = get_peft_model(base, lora)
-    batches = [
-        collate([train_set[i] for i in batch], tokenizer.pad_token_id)
+    grouped = [
+        [train_set[i] for i in batch]
         for batch in make_batches(train_set, work.batch_size, SEED, 0)[:PROBE_BATCHES]
     ]
+    padded = [collate(examples, tokenizer.pad_token_id) for examples in grouped]
+    packed = [_packed(examples) for examples in grouped]
     shipped_set = recipe.LM_HEAD_ON_TRAINED_ONLY
 
-    def one_pass(lm_head_on_trained_only: bool = True) -> float:
+    def one_pass(batches: list[Any] = padded, lm_head_on_trained_only: bool = True) -> float:
         recipe.LM_HEAD_ON_TRAINED_ONLY = shipped_set if lm_head_on_trained_only else frozenset()
         start = time.perf_counter()
         for batch in batches:
@@ -284,15 +304,28 @@ def run_step_probe(work: Workload) -> StepProbe:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    one_pass(), one_pass(False)  # warm-up
-    shipped, all_positions = [], []
+    with torch.no_grad():  # the packed rows must compute the very same losses
+        loss_delta = max(
+            abs(recipe.loss_terms(model, p, device)[0] / recipe.loss_terms(model, b, device)[0] - 1)
+            for p, b in zip(packed, padded, strict=True)
+        ).item()
+    one_pass(), one_pass(padded, False), one_pass(packed)  # warm-up
+    shipped, all_positions, packed_times = [], [], []
     for _ in range(PROBE_PASSES):
         shipped.append(one_pass())
-        all_positions.append(one_pass(False))
+        all_positions.append(one_pass(padded, False))
+        packed_times.append(one_pass(packed))
     model.get_base_model().get_decoder().compile(dynamic=True)
     first = one_pass()
     compiled = min(one_pass() for _ in range(PROBE_PASSES))
-    return StepProbe(min(shipped), min(all_positions), compiled, first - min(shipped))
+    return StepProbe(
+        min(shipped),
+        min(all_positions),
+        min(packed_times),
+        loss_delta,
+        compiled,
+        first - min(shipped),
+    )
 
 
 def run_trl(work: Workload) -> Result:
@@ -538,6 +571,7 @@ def _rows(
     else:
         rows.append(Row(name, "MFU", "n/a (CPU)", "n/a (CPU)"))
     if probe:
+        tolerance = 1e-2 if work.cuda else 1e-5  # bf16 on CUDA, float32 on CPU
         what = f"fwd+bwd of {PROBE_BATCHES} batches, best of {PROBE_PASSES}"
         rows += [
             Row(
@@ -546,6 +580,21 @@ def _rows(
                 fmt_s(probe.shipped),
                 fmt_s(probe.all_positions),
                 probe.shipped / probe.all_positions,
+            ),
+            Row(
+                name,
+                f"change: padding-free packing (SDPA, mask from position_ids), {what} "
+                "(baseline: as shipped, padded)",
+                fmt_s(probe.packed),
+                fmt_s(probe.shipped),
+                probe.packed / probe.shipped,
+            ),
+            Row(
+                name,
+                "  largest relative loss difference of a batch, packed vs padded",
+                f"{probe.packed_loss_delta:.1e}",
+                target=f"<= {tolerance:.0e}",
+                met=probe.packed_loss_delta <= tolerance,
             ),
             Row(
                 name,

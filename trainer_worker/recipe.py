@@ -112,14 +112,17 @@ LM_HEAD_ON_TRAINED_ONLY = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
 def trained_logits(
-    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, trained: torch.Tensor
+    model: PeftModel, inputs: dict[str, torch.Tensor], trained: torch.Tensor
 ) -> torch.Tensor:
-    """Logits at the positions where ``trained`` is set, as (positions, vocabulary)."""
+    """Logits at the positions where ``trained`` is set, as (positions, vocabulary). ``inputs``:
+    input_ids with an attention_mask (padded rows), or with position_ids that restart at each
+    sequence packed into a row (the benchmark's padding-free probe)."""
     causal_lm = model.get_base_model()  # LoRA layers sit inside it, in place
+    # No KV cache: training never decodes on, and with one transformers ignores position_ids
+    # restarts (packing).
     if causal_lm.config.model_type not in LM_HEAD_ON_TRAINED_ONLY:
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[trained]
-    decoder = causal_lm.get_decoder()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return model(**inputs, use_cache=False).logits[trained]
+    hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
     return causal_lm.get_output_embeddings()(hidden[trained])
 
 
@@ -131,12 +134,12 @@ def loss_terms(
     Sums rather than means, so that the caller can weight every trained token equally however
     the tokens are spread across batches and accumulation steps.
     """
-    batch = {name: tensor.to(device) for name, tensor in batch.items()}
+    inputs = {name: tensor.to(device) for name, tensor in batch.items() if name != "labels"}
     # Position t predicts token t+1: the labels shift, so only trained positions need logits.
-    labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+    labels = F.pad(batch["labels"][:, 1:].to(device), (0, 1), value=IGNORE_INDEX)
     trained = labels != IGNORE_INDEX
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = trained_logits(model, batch["input_ids"], batch["attention_mask"], trained)
+        logits = trained_logits(model, inputs, trained)
     logits = logits.float()
     labels = labels[trained]
     loss_sum = F.cross_entropy(logits, labels, reduction="sum")
@@ -277,7 +280,6 @@ def train(
     )
     if gradient_checkpointing:
         model.activation_checkpointing_enable()
-        model.config.use_cache = False
     lora_config = LoraConfig(
         r=hp.lora_r,
         lora_alpha=hp.lora_alpha,

@@ -267,6 +267,8 @@ def test_logits_on_trained_positions_match_the_full_forward(model_dir: Path) -> 
     trained = torch.zeros_like(input_ids, dtype=torch.bool)
     trained[0, 4:11], trained[1, 6:8], trained[2, 1] = True, True, True
     full = model(input_ids=input_ids, attention_mask=attention_mask).logits[trained]
-    shortcut = trained_logits(model, input_ids, attention_mask, trained)
+    shortcut = trained_logits(
+        model, {"input_ids": input_ids, "attention_mask": attention_mask}, trained
+    )
     assert shortcut.shape == (10, base.config.vocab_size)
     torch.testing.assert_close(shortcut, full)
