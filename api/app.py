@@ -45,16 +45,17 @@ class RequestId:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_database().migrate()
     to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
-    app.state.keys = gate = KeyGate(connect_async_redis())
-    syncing = asyncio.create_task(gate.sync_forever())
     reconciler = Reconciler()
     reconciler.start()
+    app.state.keys = gate = KeyGate(connect_async_redis())
+    stop = asyncio.Event()
+    syncing = asyncio.create_task(gate.sync_until(stop))
     try:
         yield
     finally:
         reconciler.stop()
-        syncing.cancel()
-        await asyncio.gather(syncing, return_exceptions=True)
+        stop.set()
+        await syncing  # at most one sync, bounded by the client's 1 s timeouts
         await gate.redis.aclose()
 
 

@@ -1,21 +1,23 @@
 """Who is calling: the bearer key's tenant, checked on every request, and the tenant's rate limit.
 
-No request waits on Redis. Each API process keeps a :class:`KeyGate`: the live keys it has looked
-up in SQL, and its tenants' request counts in the current minute. A background task syncs the
-gate with Redis every ``SYNC_SECONDS``. It adds this process's new counts to the per-minute
-counters all replicas share, reads back their totals, and reads the key epoch that every
-revocation replaces (:func:`ftaas.keys.revoke_key`). A new epoch voids every remembered key, so a
-revoked key is refused on every replica within one sync. Once the gate has gone ``BLIND_SECONDS``
-without a sync (Redis unreachable), keys are checked in SQL on every request, and each process
-limits a tenant on the counts it has seen itself.
+No key check or rate count waits on Redis. Each API process keeps a :class:`KeyGate`: the live
+keys it has looked up in SQL, and its tenants' request counts in the current minute. A
+background task syncs the gate with Redis every ``SYNC_SECONDS``. It writes this process's
+counts into the per-minute counters all replicas share, reads back the other replicas' counts,
+and reads the key epoch that every revocation replaces (:func:`ftaas.keys.revoke_key`). A new
+epoch voids every remembered key, so a revoked key is refused on every replica within about one
+sync. Once the gate has gone ``BLIND_SECONDS`` without a sync (Redis unreachable), keys are
+checked in SQL on every request, and each process limits a tenant on the counts it has seen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
+import uuid
 from collections import Counter
 from typing import Annotated, NamedTuple
 
@@ -47,12 +49,14 @@ class KeyGate:
 
     def __init__(self, redis: AsyncRedis) -> None:
         self.redis = redis
+        self.replica = uuid.uuid4().hex  # this process's field in each shared counter
         self.known: dict[str, _Known] = {}  # key digest -> tenant
         self.epoch: bytes | None = None
         self.synced_at = -math.inf  # monotonic time the last good sync was sent
         self.minute = 0
-        self.totals: dict[str, int] = {}  # tenant -> its shared count at the last sync
-        self.pending: Counter[str] = Counter()  # tenant -> requests not yet added to Redis
+        self.mine: Counter[str] = Counter()  # tenant -> this process's requests this minute
+        self.others: dict[str, int] = {}  # tenant -> other replicas' requests, at the last sync
+        self.unsent: set[str] = set()  # tenants whose count Redis has not seen yet
 
     async def tenant(self, digest: str) -> str | None:
         """The tenant of the live key with this digest, or None."""
@@ -76,55 +80,68 @@ class KeyGate:
     def count(self, tenant: str) -> int:
         """Count a request; its number in the tenant's minute, as far as this process knows."""
         self._roll_minute()
-        self.pending[tenant] += 1
-        return self.totals.get(tenant, 0) + self.pending[tenant]
+        self.mine[tenant] += 1
+        self.unsent.add(tenant)
+        return self.others.get(tenant, 0) + self.mine[tenant]
 
     async def sync(self) -> None:
-        """Add the pending counts to Redis, read back their totals and the key epoch."""
+        """Tell Redis this process's counts, read the other replicas' and the key epoch.
+
+        Each replica writes its own absolute count into a hash field, so a sync that is sent
+        twice (a retry, or a timeout after Redis applied it) counts nothing twice.
+        """
         self._roll_minute()
-        sent, minute, pending = time.monotonic(), self.minute, self.pending
-        self.pending = Counter()
+        sent, minute, tenants = time.monotonic(), self.minute, list(self.unsent)
+        self.unsent = set()
         pipeline = self.redis.pipeline(transaction=False)
         pipeline.setnx(KEY_EPOCH, new_epoch()).get(KEY_EPOCH)
-        for tenant, n in pending.items():
+        for tenant in tenants:
             key = f"ftaas:rate:{tenant}:{minute}"
-            pipeline.incrby(key, n).expire(key, 120)
+            pipeline.hset(key, self.replica, self.mine[tenant]).expire(key, 120).hgetall(key)
         try:
             _, epoch, *replies = await pipeline.execute()
         except BaseException:
-            if minute == self.minute:  # still this minute's: count them next time
-                self.pending.update(pending)
+            if minute == self.minute:
+                self.unsent.update(tenants)
             raise
         if minute == self.minute:
-            self.totals.update(zip(pending, replies[::2], strict=True))
+            me = self.replica.encode()
+            for tenant, counts in zip(tenants, replies[2::3], strict=True):
+                self.others[tenant] = sum(int(n) for field, n in counts.items() if field != me)
         if epoch != self.epoch:
             self.epoch = epoch
             self.known.clear()
         self.synced_at = sent
 
-    async def sync_forever(self) -> None:
-        """Sync every SYNC_SECONDS; log when Redis stops and starts answering, not each failure."""
+    async def sync_until(self, stop: asyncio.Event) -> None:
+        """Sync every SYNC_SECONDS until ``stop`` is set (not cancelled: a cancellation that
+        meets a socket timeout can be swallowed); log when syncing fails and recovers."""
         failing = False
-        while True:
+        while not stop.is_set():
             try:
                 await self.sync()
                 if failing:
-                    log.warning("Redis answers again: keys and rate limits are shared again")
+                    log.warning("Key gate synced again: keys and rate limits are shared again")
                 failing = False
-            except RedisError as exc:
+            except Exception as exc:  # Redis's errors above all; none may end the task
                 if not failing:
                     log.warning(
-                        "Redis unreachable, keys checked in SQL, limits per process: %s", exc
+                        "Key gate cannot sync, so keys are checked in SQL and limits are per "
+                        "process: %s",
+                        exc,
+                        exc_info=not isinstance(exc, RedisError),
                     )
                 failing = True
-            await asyncio.sleep(SYNC_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SYNC_SECONDS)
 
     def _roll_minute(self) -> None:
         minute = int(time.time() // 60)
         if minute != self.minute:
             self.minute = minute
-            self.totals.clear()
-            self.pending.clear()
+            self.mine.clear()
+            self.others.clear()
+            self.unsent.clear()
 
 
 async def current_tenant(

@@ -62,8 +62,8 @@ def tenant_for_digest(session: Session, digest: str) -> str | None:
 
 def revoke_key(db: Database, key: str) -> bool:
     """Revoke a key; False if there is no such live key. Raises RedisError when the revocation
-    is recorded but servers could not be told: they then notice within KEY_CACHE_SECONDS, or at
-    once when the revocation is run again."""
+    is recorded but servers could not be told: they then notice within KEY_CACHE_SECONDS, or
+    within a sync of their key gate when the revocation is run again."""
     with db.session() as session:
         row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
         if row is None:

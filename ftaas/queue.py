@@ -11,6 +11,8 @@ from functools import lru_cache
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -34,14 +36,15 @@ def get_redis() -> Redis:
 
 
 def connect_async_redis() -> AsyncRedis:
-    """The server :func:`get_redis` talks to, for an event loop (the API's key and rate-count
-    sync), with short timeouts so that a hung Redis soon reads as unreachable."""
-    timeouts = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    """The server :func:`get_redis` talks to, for an event loop (the API's key gate), with short
+    timeouts so that a hung Redis soon reads as unreachable."""
+    # No retries: the caller tries again on its own schedule.
+    options = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
     if url := get_settings().redis_url:
-        return AsyncRedis.from_url(url, **timeouts)
+        return AsyncRedis.from_url(url, **options)
     # The embedded server: the socket of the one get_redis() started or joined.
     embedded = get_redis().connection_pool.connection_kwargs["path"]
-    return AsyncRedis(unix_socket_path=embedded, **timeouts)
+    return AsyncRedis(unix_socket_path=embedded, **options)
 
 
 def training_queue(connection: Redis | None = None) -> Queue:

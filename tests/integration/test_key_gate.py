@@ -9,11 +9,17 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
+
+from api import auth
 from api.auth import KeyGate
 from ftaas.db import get_database
 from ftaas.keys import hash_key, revoke_key
 from ftaas.queue import connect_async_redis
 from tests.conftest import Backend, new_key
+from tests.support.services import free_port
 
 
 def _inside_one_minute() -> None:
@@ -40,17 +46,24 @@ def test_replicas_count_a_tenant_together(backend: Backend) -> None:
             assert [first.count(tenant) for _ in range(5)][-1] == 5
             assert [second.count(tenant) for _ in range(3)][-1] == 3  # neither has synced
             await first.sync()
-            await second.sync()  # reads back 8: the first replica's 5 and its own 3
+            await second.sync()  # reads the first replica's 5
             assert second.count(tenant) == 9
             first.count(tenant)
-            await first.sync()  # adds its sixth, reads back 9: second's ninth is not in Redis yet
+            await first.sync()  # reads the second's 3: its fourth is not in Redis yet
             assert first.count(tenant) == 10
+            first.unsent.add(tenant)
+            await first.sync()  # sent again, as after a timeout: counts nothing twice
+            await second.sync()
+            assert second.count(tenant) == 7 + 5
 
     _inside_one_minute()
     asyncio.run(scenario())
 
 
-def test_a_revocation_voids_a_remembered_key_at_the_next_sync(backend: Backend) -> None:
+def test_a_revocation_voids_a_remembered_key_at_the_next_sync(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "BLIND_SECONDS", 3600)  # however slow this machine, never blind
     key = new_key(f"gate-{uuid.uuid4().hex[:6]}")
     digest = hash_key(key)
 
@@ -77,4 +90,25 @@ def test_a_gate_that_cannot_sync_checks_every_key_in_sql(backend: Backend) -> No
             revoke_key(get_database(), key)
             assert await gate.tenant(hash_key(key)) is None  # SQL decided; the epoch is old
 
+    asyncio.run(scenario())
+
+
+def test_a_failed_sync_keeps_counting_and_sends_later(backend: Backend) -> None:
+    tenant = f"org-{uuid.uuid4().hex}"
+
+    async def scenario() -> None:
+        gate = KeyGate(AsyncRedis.from_url(f"redis://127.0.0.1:{free_port()}/0"))  # nobody there
+        assert [gate.count(tenant) for _ in range(3)][-1] == 3
+        with pytest.raises(RedisError):
+            await gate.sync()
+        assert gate.count(tenant) == 4  # the process limits on its own counts meanwhile
+        assert tenant in gate.unsent
+        async with synced_gate() as other:
+            gate.redis = other.redis  # Redis is back
+            await gate.sync()
+            other.count(tenant)
+            await other.sync()  # a replica reads the counts of tenants it has seen
+            assert other.count(tenant) == 4 + 2
+
+    _inside_one_minute()
     asyncio.run(scenario())
