@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,8 +56,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         reconciler.stop()
         stop.set()
-        await syncing  # at most one sync, bounded by the client's 1 s timeouts
-        await gate.redis.aclose()
+        # At most one sync is in flight, bounded by the client's 1 s timeouts; even so, a stuck
+        # Redis client must never hold up the exit.
+        await asyncio.wait({syncing}, timeout=5)
+        syncing.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gate.redis.aclose(), 5)
 
 
 def create_app() -> FastAPI:

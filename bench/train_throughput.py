@@ -30,6 +30,7 @@ H100_BF16_PEAK = 989e12
 TARGET = 1.0
 PROBE_BATCHES = 12
 PROBE_PASSES = 5
+CE_CHUNK = 256  # trained positions per chunk in the chunked cross-entropy probe
 
 # name: (config class, config fields); the shapes of the published models, random weights.
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -237,15 +238,13 @@ def run_ours(work: Workload) -> Result:
 
 @dataclass
 class StepProbe:
-    """Seconds for one forward and backward pass over the same batches, four ways (the best of
-    PROBE_PASSES each): the recipe as shipped, its lm_head over every position, each batch
-    packed into one row without padding, and with the decoder compiled."""
+    """One forward and backward pass over the same batches, per variant of the recipe: seconds
+    (the best of PROBE_PASSES), the largest relative difference of a batch's loss from the
+    shipped recipe's, and on CUDA the peak memory allocated."""
 
-    shipped: float
-    all_positions: float
-    packed: float
-    packed_loss_delta: float  # largest relative difference of a batch's loss, packed vs padded
-    compiled: float
+    seconds: dict[str, float]
+    loss_delta: dict[str, float]
+    peak_bytes: dict[str, int]
     compile_seconds: float  # the first compiled pass, less a shipped one
 
 
@@ -265,11 +264,40 @@ def _packed(examples: list[Any]) -> dict[str, Any]:
     return {name: torch.tensor([values]) for name, values in columns.items()}
 
 
+def _chunked_loss(model: Any, batch: dict[str, Any], device: Any) -> Any:
+    """The recipe's summed loss, with the lm_head and cross-entropy run CE_CHUNK trained
+    positions at a time and recomputed in backward: at most one chunk's fp32 logits exist at
+    once. Liger's fused kernel does the same in one Triton kernel, without the recomputation."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from trainer_worker.data import IGNORE_INDEX
+
+    labels = F.pad(batch["labels"][:, 1:].to(device), (0, 1), value=IGNORE_INDEX)
+    trained = labels != IGNORE_INDEX
+    inputs = {name: t.to(device) for name, t in batch.items() if name != "labels"}
+    causal_lm = model.get_base_model()
+    hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[trained]
+    head, labels = causal_lm.get_output_embeddings(), labels[trained]
+
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), y, reduction="sum")
+
+    chunks = range(0, len(labels), CE_CHUNK)
+    return sum(
+        checkpoint(
+            chunk_loss, hidden[i : i + CE_CHUNK], labels[i : i + CE_CHUNK], use_reentrant=False
+        )
+        for i in chunks
+    )
+
+
 def run_step_probe(work: Workload) -> StepProbe:
-    """Three recipe changes measured in one process on the workload's length-grouped batches.
-    Whole runs in separate processes drift too much on a shared machine to show a few percent;
-    here the shipped, all-positions and packed passes alternate. ``torch.compile`` (dynamic
-    shapes, default mode) compiles the decoder in place, so its passes come last."""
+    """Recipe changes measured in one process on the workload's length-grouped batches. Whole
+    runs in separate processes drift too much on a shared machine to show a few percent; here
+    the variants' passes alternate. ``torch.compile`` (dynamic shapes, default mode) compiles
+    the decoder in place, so its passes come last."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -291,41 +319,60 @@ def run_step_probe(work: Workload) -> StepProbe:
         for batch in make_batches(train_set, work.batch_size, SEED, 0)[:PROBE_BATCHES]
     ]
     padded = [collate(examples, tokenizer.pad_token_id) for examples in grouped]
-    packed = [_packed(examples) for examples in grouped]
     shipped_set = recipe.LM_HEAD_ON_TRAINED_ONLY
 
-    def one_pass(batches: list[Any] = padded, lm_head_on_trained_only: bool = True) -> float:
-        recipe.LM_HEAD_ON_TRAINED_ONLY = shipped_set if lm_head_on_trained_only else frozenset()
+    def shipped(batch: dict[str, Any]) -> Any:
+        return recipe.loss_terms(model, batch, device)[0]
+
+    def all_positions(batch: dict[str, Any]) -> Any:
+        recipe.LM_HEAD_ON_TRAINED_ONLY = frozenset()
+        try:
+            return shipped(batch)
+        finally:
+            recipe.LM_HEAD_ON_TRAINED_ONLY = shipped_set
+
+    # name -> (its loss of a batch, its batches)
+    variants = {
+        "shipped": (shipped, padded),
+        "all_positions": (all_positions, padded),
+        "packed": (shipped, [_packed(examples) for examples in grouped]),
+        "chunked_ce": (lambda batch: _chunked_loss(model, batch, device), padded),
+    }
+
+    def one_pass(name: str) -> float:
+        loss_of, batches = variants[name]
         start = time.perf_counter()
         for batch in batches:
-            loss_sum, _, _ = recipe.loss_terms(model, batch, device)
-            loss_sum.backward()
+            loss_of(batch).backward()
         if work.cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    with torch.no_grad():  # the packed rows must compute the very same losses
-        loss_delta = max(
-            abs(recipe.loss_terms(model, p, device)[0] / recipe.loss_terms(model, b, device)[0] - 1)
-            for p, b in zip(packed, padded, strict=True)
-        ).item()
-    one_pass(), one_pass(padded, False), one_pass(packed)  # warm-up
-    shipped, all_positions, packed_times = [], [], []
+    peak_bytes: dict[str, int] = {}
+    with torch.no_grad():  # every variant must compute the very same losses
+        reference = [shipped(batch) for batch in padded]
+        loss_delta = {
+            name: max(
+                abs(loss_of(batch) / ref - 1).item()
+                for batch, ref in zip(batches, reference, strict=True)
+            )
+            for name, (loss_of, batches) in variants.items()
+        }
+    for name in variants:  # warm-up, and on CUDA each variant's peak memory
+        if work.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        one_pass(name)
+        if work.cuda:
+            peak_bytes[name] = torch.cuda.max_memory_allocated()
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(PROBE_PASSES):
-        shipped.append(one_pass())
-        all_positions.append(one_pass(padded, False))
-        packed_times.append(one_pass(packed))
+        for name, runs in times.items():
+            runs.append(one_pass(name))
+    seconds = {name: min(runs) for name, runs in times.items()}
     model.get_base_model().get_decoder().compile(dynamic=True)
-    first = one_pass()
-    compiled = min(one_pass() for _ in range(PROBE_PASSES))
-    return StepProbe(
-        min(shipped),
-        min(all_positions),
-        min(packed_times),
-        loss_delta,
-        compiled,
-        first - min(shipped),
-    )
+    first = one_pass("shipped")
+    seconds["compiled"] = min(one_pass("shipped") for _ in range(PROBE_PASSES))
+    return StepProbe(seconds, loss_delta, peak_bytes, first - seconds["shipped"])
 
 
 def run_trl(work: Workload) -> Result:
@@ -571,40 +618,51 @@ def _rows(
     else:
         rows.append(Row(name, "MFU", "n/a (CPU)", "n/a (CPU)"))
     if probe:
+        seconds, peak = probe.seconds, probe.peak_bytes
         tolerance = 1e-2 if work.cuda else 1e-5  # bf16 on CUDA, float32 on CPU
         what = f"fwd+bwd of {PROBE_BATCHES} batches, best of {PROBE_PASSES}"
-        rows += [
-            Row(
-                name,
-                f"change: lm_head on trained positions only, {what} (baseline: all positions)",
-                fmt_s(probe.shipped),
-                fmt_s(probe.all_positions),
-                probe.shipped / probe.all_positions,
+        changes = [  # (what changes, its variant, the variant it is compared with)
+            ("lm_head on trained positions only", "shipped", "all_positions"),
+            ("padding-free packing (SDPA, mask from position_ids)", "packed", "shipped"),
+            (
+                f"chunked cross-entropy ({CE_CHUNK} positions, checkpointed)",
+                "chunked_ce",
+                "shipped",
             ),
-            Row(
-                name,
-                f"change: padding-free packing (SDPA, mask from position_ids), {what} "
-                "(baseline: as shipped, padded)",
-                fmt_s(probe.packed),
-                fmt_s(probe.shipped),
-                probe.packed / probe.shipped,
-            ),
-            Row(
-                name,
-                "  largest relative loss difference of a batch, packed vs padded",
-                f"{probe.packed_loss_delta:.1e}",
-                target=f"<= {tolerance:.0e}",
-                met=probe.packed_loss_delta <= tolerance,
-            ),
-            Row(
-                name,
-                f"change: torch.compile of the decoder, {what} (baseline: as shipped, eager)",
-                fmt_s(probe.compiled),
-                fmt_s(probe.shipped),
-                probe.compiled / probe.shipped,
-            ),
-            Row(name, "  its one-off compile time", fmt_s(probe.compile_seconds)),
+            ("torch.compile of the decoder", "compiled", "shipped"),
         ]
+        for label, variant, baseline in changes:
+            rows.append(
+                Row(
+                    name,
+                    f"change: {label}, {what} (baseline: {baseline.replace('_', ' ')})",
+                    fmt_s(seconds[variant]),
+                    fmt_s(seconds[baseline]),
+                    seconds[variant] / seconds[baseline],
+                )
+            )
+            if variant in ("packed", "chunked_ce"):
+                delta = probe.loss_delta[variant]
+                rows.append(
+                    Row(
+                        name,
+                        "  largest relative loss difference of a batch from the shipped recipe",
+                        f"{delta:.1e}",
+                        target=f"<= {tolerance:.0e}",
+                        met=delta <= tolerance,
+                    )
+                )
+            if variant in peak:
+                rows.append(
+                    Row(
+                        name,
+                        "  peak GPU memory allocated",
+                        f"{peak[variant] / 2**30:.2f} GiB",
+                        f"{peak[baseline] / 2**30:.2f} GiB",
+                        peak[variant] / peak[baseline],
+                    )
+                )
+        rows.append(Row(name, "  its one-off compile time", fmt_s(probe.compile_seconds)))
     # Measured properties of our batches that bound what recipe changes could save.
     rows += [
         Row(
