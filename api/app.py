@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,20 +46,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
     reconciler = Reconciler()
     reconciler.start()
-    app.state.keys = gate = KeyGate(connect_async_redis())
-    stop = asyncio.Event()
-    syncing = asyncio.create_task(gate.sync_until(stop))
-    try:
-        yield
-    finally:
-        reconciler.stop()
-        stop.set()
-        # At most one sync is in flight, bounded by the client's 1 s timeouts; even so, a stuck
-        # Redis client must never hold up the exit.
-        await asyncio.wait({syncing}, timeout=5)
-        syncing.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(gate.redis.aclose(), 5)
+    async with KeyGate(connect_async_redis()) as app.state.keys:
+        try:
+            yield
+        finally:
+            reconciler.stop()
 
 
 def create_app() -> FastAPI:

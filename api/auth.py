@@ -2,10 +2,10 @@
 
 No key check or rate count waits on Redis. Each API process keeps a :class:`KeyGate`: the live
 keys it has looked up in SQL, and its tenants' request counts in the current minute. A
-background task syncs the gate with Redis every ``SYNC_SECONDS``. It writes this process's
-counts into the per-minute counters all replicas share, reads back the other replicas' counts,
-and reads the key epoch that every revocation replaces (:func:`ftaas.keys.revoke_key`). A new
-epoch voids every remembered key, so a revoked key is refused on every replica within about one
+background task, running while the gate is entered (``async with``), syncs it with Redis every
+``SYNC_SECONDS``. It writes this process's counts into the per-minute counters all replicas
+share, reads back the other replicas' counts, and reads the key epoch that every revocation
+replaces (:func:`ftaas.keys.revoke_key`). A new epoch voids every remembered key, so a revoked key is refused on every replica within about one
 sync. Once the gate has gone ``BLIND_SECONDS`` without a sync (Redis unreachable), keys are
 checked in SQL on every request, and each process limits a tenant on the counts it has seen.
 """
@@ -57,6 +57,8 @@ class KeyGate:
         self.mine: Counter[str] = Counter()  # tenant -> this process's requests this minute
         self.others: dict[str, int] = {}  # tenant -> other replicas' requests, at the last sync
         self.unsent: set[str] = set()  # tenants whose count Redis has not seen yet
+        self._stop = asyncio.Event()
+        self._syncing: asyncio.Task[None] | None = None
 
     async def tenant(self, digest: str) -> str | None:
         """The tenant of the live key with this digest, or None."""
@@ -113,11 +115,26 @@ class KeyGate:
             self.known.clear()
         self.synced_at = sent
 
-    async def sync_until(self, stop: asyncio.Event) -> None:
-        """Sync every SYNC_SECONDS until ``stop`` is set (not cancelled: a cancellation that
+    async def __aenter__(self) -> KeyGate:
+        """Start syncing in the background."""
+        self._syncing = asyncio.create_task(self._sync_until_stopped())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        """Stop syncing and close the client. At most one sync is in flight, bounded by the
+        client's 1 s timeouts; even so, a stuck Redis client must never hold up an exit."""
+        self._stop.set()
+        if self._syncing is not None:
+            await asyncio.wait({self._syncing}, timeout=5)
+            self._syncing.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.redis.aclose(), 5)
+
+    async def _sync_until_stopped(self) -> None:
+        """Sync every SYNC_SECONDS until stopped (by an event, not a cancellation: one that
         meets a socket timeout can be swallowed); log when syncing fails and recovers."""
         failing = False
-        while not stop.is_set():
+        while not self._stop.is_set():
             try:
                 await self.sync()
                 if failing:
@@ -133,7 +150,7 @@ class KeyGate:
                     )
                 failing = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SYNC_SECONDS)
+                await asyncio.wait_for(self._stop.wait(), SYNC_SECONDS)
 
     def _roll_minute(self) -> None:
         minute = int(time.time() // 60)

@@ -272,14 +272,11 @@ def _chunked_loss(model: Any, batch: dict[str, Any], device: Any) -> Any:
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    from trainer_worker.data import IGNORE_INDEX
+    from trainer_worker.recipe import next_token_targets, trained_hidden
 
-    labels = F.pad(batch["labels"][:, 1:].to(device), (0, 1), value=IGNORE_INDEX)
-    trained = labels != IGNORE_INDEX
-    inputs = {name: t.to(device) for name, t in batch.items() if name != "labels"}
-    causal_lm = model.get_base_model()
-    hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[trained]
-    head, labels = causal_lm.get_output_embeddings(), labels[trained]
+    inputs, labels, trained = next_token_targets(batch, device)
+    hidden = trained_hidden(model, inputs, trained)
+    head, labels = model.get_base_model().get_output_embeddings(), labels[trained]
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(h).float(), y, reduction="sum")

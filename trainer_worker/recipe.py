@@ -111,19 +111,38 @@ def _lr_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
 LM_HEAD_ON_TRAINED_ONLY = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
+def next_token_targets(
+    batch: dict[str, torch.Tensor], device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The model inputs, the label each position predicts, and where those labels are trained.
+
+    ``batch``: input_ids with an attention_mask (padded rows), or with position_ids that restart
+    at each sequence packed into a row (the benchmark's padding-free probe), and labels.
+    """
+    inputs = {name: tensor.to(device) for name, tensor in batch.items() if name != "labels"}
+    # Position t predicts token t+1: the labels shift, so only trained positions need logits.
+    labels = F.pad(batch["labels"][:, 1:].to(device), (0, 1), value=IGNORE_INDEX)
+    return inputs, labels, labels != IGNORE_INDEX
+
+
+def trained_hidden(
+    model: PeftModel, inputs: dict[str, torch.Tensor], trained: torch.Tensor
+) -> torch.Tensor:
+    """The decoder's last hidden states at trained positions, as (positions, hidden size)."""
+    # No KV cache: training never decodes on, and with one transformers ignores position_ids
+    # restarts (packing).
+    decoder = model.get_base_model().get_decoder()  # LoRA layers sit inside it, in place
+    return decoder(**inputs, use_cache=False).last_hidden_state[trained]
+
+
 def trained_logits(
     model: PeftModel, inputs: dict[str, torch.Tensor], trained: torch.Tensor
 ) -> torch.Tensor:
-    """Logits at the positions where ``trained`` is set, as (positions, vocabulary). ``inputs``:
-    input_ids with an attention_mask (padded rows), or with position_ids that restart at each
-    sequence packed into a row (the benchmark's padding-free probe)."""
-    causal_lm = model.get_base_model()  # LoRA layers sit inside it, in place
-    # No KV cache: training never decodes on, and with one transformers ignores position_ids
-    # restarts (packing).
+    """Logits at the positions where ``trained`` is set, as (positions, vocabulary)."""
+    causal_lm = model.get_base_model()
     if causal_lm.config.model_type not in LM_HEAD_ON_TRAINED_ONLY:
-        return model(**inputs, use_cache=False).logits[trained]
-    hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
-    return causal_lm.get_output_embeddings()(hidden[trained])
+        return model(**inputs, use_cache=False).logits[trained]  # no cache, as trained_hidden
+    return causal_lm.get_output_embeddings()(trained_hidden(model, inputs, trained))
 
 
 def loss_terms(
@@ -134,10 +153,7 @@ def loss_terms(
     Sums rather than means, so that the caller can weight every trained token equally however
     the tokens are spread across batches and accumulation steps.
     """
-    inputs = {name: tensor.to(device) for name, tensor in batch.items() if name != "labels"}
-    # Position t predicts token t+1: the labels shift, so only trained positions need logits.
-    labels = F.pad(batch["labels"][:, 1:].to(device), (0, 1), value=IGNORE_INDEX)
-    trained = labels != IGNORE_INDEX
+    inputs, labels, trained = next_token_targets(batch, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = trained_logits(model, inputs, trained)
     logits = logits.float()

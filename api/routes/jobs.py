@@ -82,14 +82,15 @@ class JobCreate(Strict):
 
 
 # Built once: constructing a statement costs about as much as running it on every poll.
-_OWNED_JOB = select(Job).where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant"))
+_OWNED = (Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant"))
+_OWNED_JOB = select(Job).where(*_OWNED)
 _OWNED_JOB_LOCKED = _OWNED_JOB.with_for_update()
 # A polled job and its estimate in one Core statement, with no ORM objects to build: the job's
 # columns (the manifest aside) labelled by attribute name, so the row reads like a Job.
 _JOB_VIEW = with_estimate_inputs(
     select(
         *(getattr(Job, c.key).label(c.key) for c in Job.__mapper__.column_attrs if not c.deferred)
-    ).where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant"))
+    ).where(*_OWNED)
 )
 
 
