@@ -14,16 +14,15 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 ARG PYTORCH_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 
 # ---------------------------------------------------------------------------------------------
-# source: exactly what `pip install .` needs, shared by both targets.
+# source: the four distributions (SDK, core, API, worker), shared by both targets.
 FROM scratch AS source
-COPY pyproject.toml README.md /src/
-COPY api/ /src/api/
 COPY client/ /src/client/
-COPY ftaas/ /src/ftaas/
+COPY core/ /src/core/
+COPY api/ /src/api/
 COPY trainer_worker/ /src/trainer_worker/
 
 # ---------------------------------------------------------------------------------------------
-# api-build: a virtualenv holding the package and its `api` extra. It never sees torch: the API
+# api-build: a virtualenv holding the SDK, the core and the API. It never sees torch: the API
 # enqueues training by dotted name, so nothing it imports needs the training stack.
 FROM ${PYTHON_IMAGE} AS api-build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -33,7 +32,7 @@ RUN python -m venv /opt/ftaas
 COPY --from=source /src /tmp/src
 WORKDIR /tmp/src
 RUN /opt/ftaas/bin/pip install "pip==24.3.1" \
- && /opt/ftaas/bin/pip install ".[api]" \
+ && /opt/ftaas/bin/pip install ./client ./core ./api \
  && /opt/ftaas/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
  && /opt/ftaas/bin/ftaas --help > /dev/null
 
@@ -62,7 +61,8 @@ CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
 
 # ---------------------------------------------------------------------------------------------
 # worker: one training worker per GPU. The base image's CUDA build of torch is kept: pip is
-# constrained to the exact torch version already installed, so `.[worker]` cannot replace it.
+# constrained to the exact torch version already installed, so the worker's own torch
+# requirement cannot replace it.
 FROM ${PYTORCH_IMAGE} AS worker
 LABEL org.opencontainers.image.title="ftaas-worker" \
       org.opencontainers.image.description="ftaas training worker (LoRA on CUDA)" \
@@ -80,8 +80,8 @@ WORKDIR /tmp/src
 RUN python -c "import sys; assert sys.version_info >= (3, 11), sys.version" \
  && python -m pip list --format=freeze | grep -i '^torch==' > /tmp/keep-torch.txt \
  && test -s /tmp/keep-torch.txt \
- && python -m pip install --constraint /tmp/keep-torch.txt ".[worker]" \
- && python -c "import torch, transformers, peft, trainer_worker.worker" \
+ && python -m pip install --constraint /tmp/keep-torch.txt ./client ./core ./trainer_worker \
+ && python -c "import torch, transformers, peft, ftaas_worker.worker, ftaas_worker.recipe" \
  && rm -rf /tmp/src /tmp/keep-torch.txt
 RUN groupadd --system --gid 10001 ftaas \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/ftaas --create-home \

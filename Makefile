@@ -2,17 +2,20 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PROJECTS := pyproject.toml client/pyproject.toml core/pyproject.toml api/pyproject.toml trainer_worker/pyproject.toml
+STAMP := $(VENV)/.installed-$(shell cat $(PROJECTS) | sha1sum | cut -c1-12)
+# The four distributions of the workspace, editable: the SDK, the core, the API and the worker.
+EDITABLE := -e ./client -e ./core -e ./api -e ./trainer_worker
 
 
 .PHONY: install test test-services test-chaos lint format demo dev bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): $(PROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU PyTorch by exact version: a looser spec would pull gigabytes of CUDA wheels.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(EDITABLE) --group dev
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -53,7 +56,7 @@ dev: install
 # Benchmarks against baselines measured in the same run; prints one table (see bench/README.md).
 bench: install
 	# TRL is the training-throughput baseline: the `bench` extra, with torch pinned as above.
-	$(BIN)/python -c 'import trl' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]' torch==2.13.0
+	$(BIN)/python -c 'import trl' 2>/dev/null || $(BIN)/pip install --quiet $(EDITABLE) --group bench torch==2.13.0
 	$(BIN)/python -m bench.run
 
 clean:

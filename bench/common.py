@@ -69,10 +69,10 @@ def table(rows: Sequence[Row]) -> str:
 
 # -- a throwaway service ---------------------------------------------------------------------
 def _clear_caches() -> None:
-    from ftaas.db import get_database
-    from ftaas.queue import get_redis
-    from ftaas.settings import get_settings
-    from ftaas.storage import get_store
+    from ftaas_core.db import get_database
+    from ftaas_core.queue import get_redis
+    from ftaas_core.settings import get_settings
+    from ftaas_core.storage import get_store
 
     for cached in (get_settings, get_database, get_store, get_redis):
         cached.cache_clear()
@@ -123,9 +123,9 @@ def service(
     _clear_caches()
     processes: list[Process] = []
     try:
-        from ftaas.db import get_database
-        from ftaas.keys import create_key
-        from ftaas.queue import get_redis
+        from ftaas_core.db import get_database
+        from ftaas_core.keys import create_key
+        from ftaas_core.queue import get_redis
 
         get_redis().ping()
         database = get_database()
@@ -146,7 +146,7 @@ def service(
     finally:
         for process in processes:
             process.stop()
-        from ftaas.db import get_database
+        from ftaas_core.db import get_database
 
         get_database().engine.dispose()
         os.environ.clear()
@@ -158,7 +158,7 @@ def _wait_for_workers(n: int, timeout: float = 60) -> None:
     """Until ``n`` rq workers have registered: only then is a submitted job picked up at once."""
     from rq import Worker
 
-    from ftaas.queue import get_redis
+    from ftaas_core.queue import get_redis
 
     deadline = time.monotonic() + timeout
     while len(Worker.all(connection=get_redis())) < n:
@@ -177,7 +177,7 @@ def upload_bytes(http: httpx2.Client, content: bytes, name: str = "train.jsonl")
 
 # -- data ------------------------------------------------------------------------------------
 def _words() -> list[str]:
-    from trainer_worker.tiny_model import CORPUS
+    from ftaas_worker.tiny_model import CORPUS
 
     return CORPUS.split()
 
@@ -208,8 +208,8 @@ def jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
 
 
 def parse_rows(rows: Sequence[dict[str, Any]]) -> list[Any]:
-    """The rows as the trainer sees them (``ftaas.datasets`` examples)."""
-    from ftaas.datasets import iter_examples
+    """The rows as the trainer sees them (``ftaas_core.datasets`` examples)."""
+    from ftaas_core.datasets import iter_examples
 
     return list(iter_examples([jsonl(rows)]))
 

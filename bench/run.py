@@ -67,7 +67,7 @@ def main() -> int:
 
     from bench import api_throughput, service_overhead, train_throughput, uploads
     from bench.common import BENCH_DIR, Row, table
-    from trainer_worker.tiny_model import build_tiny_model
+    from ftaas_worker.tiny_model import build_tiny_model
 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     from transformers.utils.logging import disable_progress_bar

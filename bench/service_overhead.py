@@ -73,7 +73,7 @@ class Run:
 
 
 def resolved_hyperparameters() -> Any:
-    from ftaas.hyperparams import Hyperparameters, resolve
+    from ftaas_core.hyperparams import Hyperparameters, resolve
 
     return resolve(Hyperparameters.model_validate(HYPERPARAMETERS), N_EXAMPLES)
 
@@ -85,7 +85,8 @@ def plain_loop(model_dir: Path, examples: list[Any], out_dir: Path) -> Run:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
-    from trainer_worker.data import collate, encode_examples, make_batches
+    from ftaas_core.encoding import encode_examples
+    from ftaas_worker.batches import collate, make_batches
 
     hp = resolved_hyperparameters()
     run = Run()
@@ -148,7 +149,7 @@ class _Hooks:
 
 
 def recipe_in_process(model_dir: Path, examples: list[Any], step_tokens: list[int]) -> Run:
-    from trainer_worker.recipe import train
+    from ftaas_worker.recipe import train
 
     hooks = _Hooks()
     start = time.perf_counter()
@@ -244,7 +245,7 @@ def latency_breakdown(observed: Observed) -> dict[str, float]:
 def import_seconds() -> float:
     """How long a fresh process takes to import what the job's work horse imports."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import trainer_worker.recipe"], check=True)
+    subprocess.run([sys.executable, "-c", "import ftaas_worker.recipe"], check=True)
     return time.perf_counter() - start
 
 
@@ -406,7 +407,7 @@ def run(model_dir: Path) -> list[Row]:
             name,
             "  of which submit→'job started' (handoff to the standby horse)",
             fmt_s(latency["job_started"]),
-            f"{fmt_s(import_s)} (fresh python: import trainer_worker.recipe)",
+            f"{fmt_s(import_s)} (fresh python: import ftaas_worker.recipe)",
             latency["job_started"] / import_s,
         ),
         Row(name, "  model load (excluded)", fmt_s(latency["model_load"])),

@@ -133,8 +133,8 @@ class Result:
 
 # -- in the child process --------------------------------------------------------------------
 def _examples(work: Workload) -> list[Any]:
-    from ftaas.datasets import iter_examples
-    from ftaas.storage import iter_stream
+    from ftaas_core.datasets import iter_examples
+    from ftaas_core.storage import iter_stream
 
     return list(iter_examples(iter_stream(Path(work.data).open("rb"))))
 
@@ -142,7 +142,7 @@ def _examples(work: Workload) -> list[Any]:
 def _encoded(work: Workload, examples: list[Any]) -> tuple[Any, list[Any]]:
     from transformers import AutoTokenizer
 
-    from trainer_worker.data import encode_examples
+    from ftaas_core.encoding import encode_examples
 
     tokenizer = AutoTokenizer.from_pretrained(work.model_dir)
     return tokenizer, encode_examples(tokenizer, examples, work.max_seq_length)[0]
@@ -192,9 +192,9 @@ def _mean_context(train_set: list[Any]) -> float:
 
 
 def run_ours(work: Workload) -> Result:
-    from ftaas.hyperparams import Hyperparameters, resolve
-    from trainer_worker.data import make_batches
-    from trainer_worker.recipe import train
+    from ftaas_core.hyperparams import Hyperparameters, resolve
+    from ftaas_worker.batches import make_batches
+    from ftaas_worker.recipe import train
 
     examples = _examples(work)
     hp = resolve(Hyperparameters.model_validate(work.hyperparameters()), len(examples))
@@ -272,7 +272,7 @@ def _chunked_loss(model: Any, batch: dict[str, Any], device: Any) -> Any:
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    from trainer_worker.recipe import next_token_targets, trained_hidden
+    from ftaas_worker.recipe import next_token_targets, trained_hidden
 
     inputs, labels, trained = next_token_targets(batch, device)
     hidden = trained_hidden(model, inputs, trained)
@@ -299,8 +299,8 @@ def run_step_probe(work: Workload) -> StepProbe:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    import trainer_worker.recipe as recipe
-    from trainer_worker.data import collate, make_batches
+    import ftaas_worker.recipe as recipe
+    from ftaas_worker.batches import collate, make_batches
 
     tokenizer, train_set = _encoded(work, _examples(work))
     device = torch.device("cuda" if work.cuda else "cpu")
@@ -517,7 +517,7 @@ def _flops_per_token(shape: str, mean_context: float) -> float:
 def workloads(cuda: bool) -> list[Workload]:
     """The tiny model on CPU; real shapes on CUDA (8B only with enough GPU memory)."""
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    from trainer_worker.tiny_model import build_tiny_model
+    from ftaas_worker.tiny_model import build_tiny_model
 
     tiny = build_tiny_model(BENCH_DIR / "tiny-model")
     if not cuda:

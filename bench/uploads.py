@@ -43,8 +43,8 @@ def raw_copy_seconds(path: Path) -> float:
 
 
 def validator_seconds(path: Path) -> float:
-    from ftaas.datasets import DatasetValidator
-    from ftaas.storage import iter_stream
+    from ftaas_core.datasets import DatasetValidator
+    from ftaas_core.storage import iter_stream
 
     validator = DatasetValidator()
     start = time.perf_counter()
@@ -59,7 +59,7 @@ def validator_seconds(path: Path) -> float:
 
 def upload(name: str, path: Path, env: dict[str, str]) -> tuple[float, int]:
     """Seconds to upload ``path`` through a fresh API, and the server's peak RSS growth."""
-    from client import Client
+    from ftaas import Client
 
     limit = {"FTAAS_MAX_UPLOAD_BYTES": str(path.stat().st_size + MB)}
     with service(name, env=env | limit) as svc, Client(svc.url, svc.key, timeout=3600) as client:

@@ -73,12 +73,12 @@ def main() -> int:
     os.environ.clear()
     os.environ.update(env)
 
-    from client import Client
-    from ftaas.db import get_database
-    from ftaas.keys import create_key
-    from ftaas.queue import get_redis
-    from trainer_worker.inference import chat_answers
-    from trainer_worker.tiny_model import build_tiny_model
+    from ftaas import Client
+    from ftaas_core.db import get_database
+    from ftaas_core.keys import create_key
+    from ftaas_core.queue import get_redis
+    from ftaas_worker.inference import chat_answers
+    from ftaas_worker.tiny_model import build_tiny_model
 
     print("Building a tiny random chat model (nothing is downloaded)...")
     model_dir = build_tiny_model(ROOT / "model")

@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from ftaas.db import get_database
-from ftaas.keys import create_key
-from ftaas.queue import get_redis
-from ftaas.settings import get_settings
-from ftaas.storage import get_store
+from ftaas_core.db import get_database
+from ftaas_core.keys import create_key
+from ftaas_core.queue import get_redis
+from ftaas_core.settings import get_settings
+from ftaas_core.storage import get_store
 from tests.support.services import (
     REDIS_URL,
     Process,
@@ -40,7 +40,7 @@ def clear_caches() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer_worker.tiny_model import build_tiny_model
+    from ftaas_worker.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 

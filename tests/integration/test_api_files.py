@@ -95,9 +95,9 @@ def test_files_pagination_is_a_stable_cursor(http: httpx2.Client) -> None:
 def test_expiring_file_is_cleaned_up(http: httpx2.Client) -> None:
     from sqlalchemy import update
 
-    from ftaas.db import get_database
-    from ftaas.models import File
-    from ftaas.reconcile import reconcile_once
+    from ftaas_core.db import get_database
+    from ftaas_core.models import File
+    from ftaas_core.reconcile import reconcile_once
 
     fields = {
         "purpose": "fine-tune",

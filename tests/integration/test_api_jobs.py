@@ -201,8 +201,8 @@ def test_jobs_filter_by_metadata(http: httpx2.Client, training_file: str) -> Non
 def test_queued_job_has_a_queue_position_and_estimates(
     http: httpx2.Client, training_file: str
 ) -> None:
-    from ftaas.db import get_database
-    from ftaas.estimates import record_throughput
+    from ftaas_core.db import get_database
+    from ftaas_core.estimates import record_throughput
 
     with get_database().session() as session:
         record_throughput(session, "tiny", "test-class", 1000.0)

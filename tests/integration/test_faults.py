@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from api.auth import BLIND_SECONDS
-from ftaas.db import Database, get_database
-from ftaas.keys import create_key, revoke_key
+from ftaas_api.auth import BLIND_SECONDS
+from ftaas_core.db import Database, get_database
+from ftaas_core.keys import create_key, revoke_key
 from tests.conftest import Backend, new_key, tenant_client
 from tests.integration.test_training import HYPERPARAMETERS
 from tests.support.data import taught_dataset

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from client import AsyncClient, Client, FileReport
-from client.errors import BadRequestError
+from ftaas import AsyncClient, Client, FileReport
+from ftaas.errors import BadRequestError
 from tests.support.data import chat_line, jsonl, taught_dataset
 
 TRAIN = taught_dataset()  # every pair twice: 12 examples, 6 of them duplicates

@@ -13,11 +13,11 @@ import pytest
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
-from api import auth
-from api.auth import KeyGate
-from ftaas.db import get_database
-from ftaas.keys import hash_key, revoke_key
-from ftaas.queue import connect_async_redis
+from ftaas_api import auth
+from ftaas_api.auth import KeyGate
+from ftaas_core.db import get_database
+from ftaas_core.keys import hash_key, revoke_key
+from ftaas_core.queue import connect_async_redis
 from tests.conftest import Backend, new_key
 from tests.support.services import free_port
 

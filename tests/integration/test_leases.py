@@ -8,12 +8,12 @@ import httpx2
 import pytest
 from sqlalchemy import update
 
-from ftaas.db import get_database
-from ftaas.leases import Lease, LeaseLost
-from ftaas.models import Job
-from ftaas.queue import is_enqueued, training_queue
-from ftaas.reconcile import reconcile_once
-from ftaas.settings import get_settings
+from ftaas_core.db import get_database
+from ftaas_core.leases import Lease, LeaseLost
+from ftaas_core.models import Job
+from ftaas_core.queue import is_enqueued, training_queue
+from ftaas_core.reconcile import reconcile_once
+from ftaas_core.settings import get_settings
 from tests.support.data import taught_dataset
 from tests.support.jobs import create_job, events, upload
 
@@ -92,7 +92,7 @@ def test_a_worker_killed_before_its_lease_does_not_strand_the_job(queued_job: st
     from rq import Queue
     from rq.executions import Execution
 
-    from ftaas.queue import get_redis, rq_job_id
+    from ftaas_core.queue import get_redis, rq_job_id
 
     queue = training_queue()
     while True:  # earlier tests may have left entries ahead of ours

@@ -13,10 +13,10 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ftaas.datasets import ChatExample, CompletionExample, Message
-from ftaas.hyperparams import ResolvedHyperparameters
-from trainer_worker.recipe import TrainingStopped, TrainResult, train
-from trainer_worker.tiny_model import build_tiny_model
+from ftaas_core.datasets import ChatExample, CompletionExample, Message
+from ftaas_core.hyperparams import ResolvedHyperparameters
+from ftaas_worker.recipe import TrainingStopped, TrainResult, train
+from ftaas_worker.tiny_model import build_tiny_model
 
 pytestmark = [
     pytest.mark.training,
@@ -254,7 +254,7 @@ def test_early_stopping_keeps_the_best_adapter(model_dir: Path, tmp_path: Path) 
 def test_logits_on_trained_positions_match_the_full_forward(model_dir: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from trainer_worker.recipe import LM_HEAD_ON_TRAINED_ONLY, trained_logits
+    from ftaas_worker.recipe import LM_HEAD_ON_TRAINED_ONLY, trained_logits
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from client import (
+from ftaas import (
     AsyncClient,
     AuthenticationError,
     BadRequestError,

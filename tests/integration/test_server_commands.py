@@ -13,8 +13,8 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from ftaas.db import MIGRATIONS, Database, get_database
-from ftaas.keys import create_key, hash_key, tenant_for_digest
+from ftaas_core.db import MIGRATIONS, Database, get_database
+from ftaas_core.keys import create_key, hash_key, tenant_for_digest
 from tests.conftest import Backend
 from tests.support.data import taught_dataset
 from tests.support.jobs import wait_until

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftaas.storage import ObjectNotFound, get_store, iter_stream
+from ftaas_core.storage import ObjectNotFound, get_store, iter_stream
 from tests.conftest import Backend
 
 MIB = 1024 * 1024
@@ -64,7 +64,7 @@ def test_list_and_delete_by_prefix(backend: Backend) -> None:
 
 
 def test_local_store_refuses_keys_that_escape(tmp_path: Path) -> None:
-    from ftaas.storage import LocalStore
+    from ftaas_core.storage import LocalStore
 
     with pytest.raises(ValueError):
         LocalStore(tmp_path).put_stream("../outside", [b"x"])

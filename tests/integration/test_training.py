@@ -21,11 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ftaas_worker.inference import chat_answers
 from tests.conftest import Backend
 from tests.support.data import SYSTEM, TAUGHT, taught_dataset
 from tests.support.jobs import create_job, events, upload, wait_for_status, wait_until
 from tests.support.services import Process
-from trainer_worker.inference import chat_answers
 
 pytestmark = pytest.mark.training
 
@@ -293,7 +293,7 @@ def test_pause_frees_the_worker_and_resume_gives_the_same_adapter(
 
 def standby_horses(worker: Process) -> list[psutil.Process]:
     children = psutil.Process(worker.pid).children()
-    return [c for c in children if "trainer_worker.horse" in " ".join(c.cmdline())]
+    return [c for c in children if "ftaas_worker.horse" in " ".join(c.cmdline())]
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)

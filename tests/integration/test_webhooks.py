@@ -20,9 +20,9 @@ import httpx2
 import openai
 import pytest
 
-from client import AsyncClient, Client, NotFoundError
-from ftaas.db import get_database
-from ftaas.webhooks import deliver_due
+from ftaas import AsyncClient, Client, NotFoundError
+from ftaas_core.db import get_database
+from ftaas_core.webhooks import deliver_due
 from tests.conftest import Backend
 from tests.integration.test_training import HYPERPARAMETERS
 from tests.support.data import taught_dataset

@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from ftaas.datasets import ChatExample, CompletionExample, Message
-from trainer_worker.data import (
-    IGNORE_INDEX,
-    EncodedExample,
-    collate,
-    encode_example,
-    encode_examples,
-    make_batches,
-)
-from trainer_worker.tiny_model import build_tiny_model
+from ftaas_core.datasets import ChatExample, CompletionExample, Message
+from ftaas_core.encoding import IGNORE_INDEX, EncodedExample, encode_example, encode_examples
+from ftaas_worker.batches import collate, make_batches
+from ftaas_worker.tiny_model import build_tiny_model
 
 M = IGNORE_INDEX
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ftaas.datasets import (
+from ftaas_core.datasets import (
     MAX_REPORTED_ERRORS,
     ChatExample,
     CompletionExample,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ftaas.hyperparams import Hyperparameters, auto_batch_size, auto_choices, auto_epochs, resolve
+from ftaas_core.hyperparams import (
+    Hyperparameters,
+    auto_batch_size,
+    auto_choices,
+    auto_epochs,
+    resolve,
+)
 
 
 @pytest.mark.parametrize(

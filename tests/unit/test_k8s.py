@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ftaas.settings import Settings
+from ftaas_core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"

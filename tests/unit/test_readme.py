@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftaas.settings import Settings
+from ftaas_core.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from client.cli import format_report
-from client.types import RepeatedExample, TruncatedExample
-from ftaas.datasets import parse_example
+from ftaas.cli import format_report
+from ftaas.types import RepeatedExample, TruncatedExample
+from ftaas_core.datasets import parse_example
+from ftaas_core.encoding import encode_example
+from ftaas_core.report import build_report, load_tokenizer
 from tests.support.data import SYSTEM, chat_line, jsonl
-from trainer_worker.data import encode_example
-from trainer_worker.report import build_report, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from ftaas.webhooks import Claim, _send, refusal
+from ftaas_core.webhooks import Claim, _send, refusal
 
 PRIVATE = [
     "http://127.0.0.1:8080/hook",

@@ -1,5 +1,5 @@
 """Webhook signing and payloads against the official openai SDK's verifier: what we send is what
-``client.webhooks.unwrap`` accepts, and tampering or replaying is caught."""
+``ftaas.webhooks.unwrap`` accepts, and tampering or replaying is caught."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from openai.types.webhooks import (
     FineTuningJobSucceededWebhookEvent,
 )
 
-from ftaas.webhooks import (
+from ftaas_core.webhooks import (
     EVENT_TYPES,
     MAX_BACKOFF,
     EventType,

@@ -1,0 +1,51 @@
+"""A bound on request bodies other than the streamed file upload (the rate limit is in
+:mod:`ftaas_api.auth`)."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ftaas_api.errors import error_response
+from ftaas_core.settings import get_settings
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_request_bytes`` (413) while they stream in.
+
+    The file upload route enforces its own, larger limit as it parses, so it is exempt.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exempt = scope["type"] != "http" or (
+            scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files"
+        )
+        if exempt:
+            await self.app(scope, receive, send)
+            return
+        limit = get_settings().max_request_bytes
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            response = error_response(413, _too_large_message(limit), code="body_too_large")
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded() -> Message:
+            # Raised as an HTTPException because FastAPI turns any other error while it reads
+            # the body into a 400.
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, _too_large_message(limit))
+            return message
+
+        await self.app(scope, bounded, send)
+
+
+def _too_large_message(limit: int) -> str:
+    return f"Request body is larger than {limit} bytes."

@@ -1,0 +1,403 @@
+"""``/v1/fine_tuning/jobs``: create (validated, idempotent, enqueued), read, cancel, events."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from ftaas.types import TERMINAL_STATUSES, Checkpoint, FineTuningJob, JobEvent, Page
+from ftaas_api.deps import DB, Config, Store, TenantId
+from ftaas_api.errors import APIError, not_found
+from ftaas_api.paging import paginate
+from ftaas_api.wire import checkpoint_wire, event_wire, job_wire
+from ftaas_core.db import Database
+from ftaas_core.estimates import estimate, with_estimate_inputs
+from ftaas_core.events import add_event
+from ftaas_core.hyperparams import Hyperparameters
+from ftaas_core.ids import new_id
+from ftaas_core.models import Checkpoint as CheckpointRow
+from ftaas_core.models import File, Job, now
+from ftaas_core.models import JobEvent as EventRow
+from ftaas_core.queue import dequeue_training, enqueue_training
+from ftaas_core.settings import Settings
+from ftaas_core.storage import iter_stream
+from ftaas_core.webhooks import record_job_event
+
+log = logging.getLogger("ftaas.api")
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+ACTIVE_STATUSES = ("validating_files", "queued", "running", "pausing")
+Suffix = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SupervisedSpec(Strict):
+    hyperparameters: Hyperparameters | None = None
+
+
+class MethodSpec(Strict):
+    type: Literal["supervised"]
+    supervised: SupervisedSpec | None = None
+
+
+class JobCreate(Strict):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    training_file: Annotated[str, Field(min_length=1, max_length=64)]
+    validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: MethodSpec | None = None
+    suffix: Suffix | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
+    integrations: Annotated[list[Any], Field(max_length=0)] | None = None
+
+    def chosen_hyperparameters(self) -> Hyperparameters:
+        nested = (
+            self.method.supervised.hyperparameters
+            if self.method and self.method.supervised
+            else None
+        )
+        if nested is not None and self.hyperparameters is not None:
+            raise APIError(
+                400,
+                "Give hyperparameters either top-level or under method.supervised, not both.",
+                param="hyperparameters",
+            )
+        return nested or self.hyperparameters or Hyperparameters()
+
+
+# Built once: constructing a statement costs about as much as running it on every poll.
+_OWNED = (Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant"))
+_OWNED_JOB = select(Job).where(*_OWNED)
+_OWNED_JOB_LOCKED = _OWNED_JOB.with_for_update()
+# A polled job and its estimate in one Core statement, with no ORM objects to build: the job's
+# columns (the manifest aside) labelled by attribute name, so the row reads like a Job.
+_JOB_VIEW = with_estimate_inputs(
+    select(
+        *(getattr(Job, c.key).label(c.key) for c in Job.__mapper__.column_attrs if not c.deferred)
+    ).where(*_OWNED)
+)
+
+
+def _owned_job(session: Session, tenant: str, job_id: str, lock: bool = False) -> Job:
+    """The caller's job (404 otherwise); ``lock`` holds its row for a state change."""
+    query = _OWNED_JOB_LOCKED if lock else _OWNED_JOB
+    row = session.scalar(query, {"job_id": job_id, "tenant": tenant})
+    if row is None:
+        raise not_found("fine-tuning job", job_id)
+    return row
+
+
+def _check_file(session: Session, tenant: str, file_id: str, param: str, min_examples: int) -> None:
+    code = f"invalid_{param}"
+    row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant))
+    if row is None:
+        raise APIError(
+            400, f"Invalid {param}: file '{file_id}' does not exist.", param=param, code=code
+        )
+    if row.purpose != "fine-tune" or row.status != "processed":
+        raise APIError(
+            400,
+            f"Invalid {param}: file '{file_id}' is not a processed fine-tune file.",
+            param=param,
+            code=code,
+        )
+    if (row.n_examples or 0) < min_examples:
+        raise APIError(
+            400,
+            f"Invalid {param}: '{file_id}' has {row.n_examples} example(s); at least {min_examples} are required.",
+            param=param,
+            code="invalid_n_examples",
+        )
+
+
+def _validate_and_insert(
+    session: Session, tenant: str, body: JobCreate, key: str | None, settings: Settings
+) -> Job:
+    if body.model not in settings.models:
+        raise APIError(
+            400,
+            f"Model '{body.model}' is not available. Available models: {', '.join(sorted(settings.models)) or 'none'}.",
+            param="model",
+            code="model_not_available",
+        )
+    hyperparameters = body.chosen_hyperparameters()
+    if (
+        hyperparameters.early_stopping_patience or hyperparameters.keep_best
+    ) and not body.validation_file:
+        raise APIError(
+            400,
+            "early_stopping_patience and keep_best judge by validation loss: give a validation_file.",
+            param="validation_file",
+        )
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant, Job.status.in_(ACTIVE_STATUSES))
+    )
+    if active >= settings.max_active_jobs:
+        raise APIError(
+            429,
+            f"You have {active} active fine-tuning jobs, the most this deployment allows at once; "
+            "wait for one to finish or cancel one.",
+            code="exceeded_quota",
+            retry_after=30,
+        )
+    _check_file(session, tenant, body.training_file, "training_file", settings.min_examples)
+    if body.validation_file:
+        _check_file(session, tenant, body.validation_file, "validation_file", 1)
+    job = Job(
+        id=new_id("ftjob"),
+        tenant_id=tenant,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        hyperparameters=hyperparameters.model_dump(),
+        status="queued",
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        suffix=body.suffix,
+        metadata_=body.metadata,
+        result_files=[],
+        idempotency_key=key,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    add_event(session, job.id, "Validated training file: " + body.training_file)
+    return job
+
+
+@router.post("")
+def create_job(
+    body: JobCreate,
+    tenant: TenantId,
+    db: DB,
+    settings: Config,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> FineTuningJob:
+    scope = (Job.tenant_id == tenant, Job.idempotency_key == idempotency_key)
+    if idempotency_key:
+        with db.session() as session:
+            existing = session.scalar(select(Job).where(*scope))
+            if existing is not None:
+                return job_wire(existing)
+    try:
+        with db.session() as session:
+            job = _validate_and_insert(session, tenant, body, idempotency_key, settings)
+    except IntegrityError:
+        with db.session() as session:  # a concurrent retry with the same key won the insert
+            existing = session.scalar(select(Job).where(*scope))
+        if existing is None:
+            raise
+        return job_wire(existing)
+    _enqueue(job)
+    return _read_job(db, tenant, job.id)
+
+
+@router.get("")
+def list_jobs(
+    request: Request,
+    tenant: TenantId,
+    db: DB,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> Page[FineTuningJob]:
+    """Newest first; ``metadata[key]=value`` query parameters keep jobs whose metadata match."""
+    scope = [Job.tenant_id == tenant]
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            scope.append(Job.metadata_[name[len("metadata[") : -1]].as_string() == value)
+    with db.session() as session:
+        return paginate(session, Job, scope, job_wire, after, limit)
+
+
+@router.get("/{job_id}")
+async def get_job(job_id: str, tenant: TenantId, db: DB) -> FineTuningJob:
+    # Polled endpoints are coroutines that hand only their SQL to a thread: FastAPI runs a plain
+    # function's endpoint and then its response validation as two separate thread hops.
+    return await run_in_threadpool(_read_job, db, tenant, job_id)
+
+
+def _read_job(db: Database, tenant: str, job_id: str) -> FineTuningJob:
+    with db.engine.connect() as conn:
+        row = conn.execute(_JOB_VIEW, {"job_id": job_id, "tenant": tenant}).first()
+    if row is None:
+        raise not_found("fine-tuning job", job_id)
+    return job_wire(row, **estimate(row))
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, tenant: TenantId, db: DB) -> FineTuningJob:
+    """Queued jobs never start; a running job's lease is revoked and its worker stops at the next step."""
+    with db.session() as session:
+        job = _owned_job(session, tenant, job_id, lock=True)
+        if job.status in TERMINAL_STATUSES:
+            # 400, not 409: the openai SDK retries 409s, and this can never succeed.
+            raise APIError(
+                400, f"Job {job_id} has already {job.status}; it cannot be cancelled.", param="id"
+            )
+        was_queued = job.status == "queued"
+        job.status = "cancelled"
+        job.finished_at = now()
+        job.lease_expires_at = None
+        add_event(session, job.id, "Job cancelled by user")
+        record_job_event(session, job, "fine_tuning.job.cancelled")
+    if was_queued:
+        _drop_from_queue(job)
+    return job_wire(job)
+
+
+@router.post("/{job_id}/pause")
+def pause_job(job_id: str, tenant: TenantId, db: DB) -> FineTuningJob:
+    """A queued job is parked at once; a running one checkpoints, frees its GPU, then parks."""
+    with db.session() as session:
+        job = _owned_job(session, tenant, job_id, lock=True)
+        if job.status not in ("queued", "running"):
+            raise APIError(
+                400, f"Job {job_id} is {job.status}; only queued or running jobs pause.", param="id"
+            )
+        was_queued = job.status == "queued"
+        job.status = "paused" if was_queued else "pausing"
+        add_event(session, job.id, "Job paused" if was_queued else "Pause requested")
+    if was_queued:
+        _drop_from_queue(job)
+    return job_wire(job)
+
+
+@router.post("/{job_id}/resume")
+def resume_job(job_id: str, tenant: TenantId, db: DB) -> FineTuningJob:
+    """Back to the queue; the worker continues from the checkpoint the pause saved."""
+    with db.session() as session:
+        job = _owned_job(session, tenant, job_id, lock=True)
+        if job.status != "paused":
+            raise APIError(
+                400, f"Job {job_id} is {job.status}; only paused jobs resume.", param="id"
+            )
+        job.status = "queued"
+        add_event(session, job.id, "Job resumed")
+    _enqueue(job)
+    return job_wire(job)
+
+
+def _enqueue(job: Job) -> None:
+    try:
+        enqueue_training(job.id, job.attempt)
+    except RedisError as exc:  # the job is recorded; the reconciler enqueues it once Redis is back
+        log.warning("could not enqueue %s now: %s", job.id, exc)
+
+
+def _drop_from_queue(job: Job) -> None:
+    try:
+        dequeue_training(job.id, job.attempt)
+    except RedisError as exc:  # harmless: a worker skips a job that is not queued
+        log.warning("could not drop %s from the queue: %s", job.id, exc)
+
+
+@router.get("/{job_id}/events")
+async def list_events(
+    job_id: str,
+    tenant: TenantId,
+    db: DB,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> Page[JobEvent]:
+    return await run_in_threadpool(_read_events, db, tenant, job_id, after, limit)
+
+
+def _read_events(
+    db: Database, tenant: str, job_id: str, after: str | None, limit: int
+) -> Page[JobEvent]:
+    with db.session() as session:
+        _owned_job(session, tenant, job_id)
+        return paginate(session, EventRow, [EventRow.job_id == job_id], event_wire, after, limit)
+
+
+@router.get("/{job_id}/checkpoints")
+def list_checkpoints(
+    job_id: str,
+    tenant: TenantId,
+    db: DB,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> Page[Checkpoint]:
+    with db.session() as session:
+        _owned_job(session, tenant, job_id)
+        scope = [CheckpointRow.job_id == job_id]
+        return paginate(session, CheckpointRow, scope, checkpoint_wire, after, limit)
+
+
+@router.get("/{job_id}/manifest")
+def get_manifest(job_id: str, tenant: TenantId, db: DB) -> dict[str, Any]:
+    """The reproducibility manifest of a finished job: dataset digests, base-model revision or
+    path digest, library versions, seed, resolved hyperparameters and device."""
+    with db.session() as session:
+        job = _owned_job(session, tenant, job_id)
+        manifest = job.manifest
+    if manifest is None:
+        raise APIError(
+            400,
+            f"Job {job_id} is {job.status}; its manifest exists once it has succeeded.",
+            param="id",
+        )
+    return manifest
+
+
+def _adapter_response(store: Store, key: str, sha256: str, filename: str) -> StreamingResponse:
+    return StreamingResponse(
+        iter_stream(store.open(key)),
+        media_type="application/gzip",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Content-SHA256": sha256,
+        },
+    )
+
+
+@router.get("/{job_id}/adapter")
+def download_adapter(job_id: str, tenant: TenantId, db: DB, store: Store) -> StreamingResponse:
+    """The finished job's PEFT adapter directory as a tar.gz."""
+    with db.session() as session:
+        job = _owned_job(session, tenant, job_id)
+    if job.status != "succeeded" or not job.adapter_key or not job.adapter_sha256:
+        raise APIError(
+            400,
+            f"Job {job_id} is {job.status}; its adapter exists once it has succeeded.",
+            param="id",
+        )
+    return _adapter_response(store, job.adapter_key, job.adapter_sha256, f"{job_id}-adapter.tar.gz")
+
+
+@router.get("/{job_id}/checkpoints/{checkpoint_id}/adapter")
+def download_checkpoint_adapter(
+    job_id: str, checkpoint_id: str, tenant: TenantId, db: DB, store: Store
+) -> StreamingResponse:
+    with db.session() as session:
+        _owned_job(session, tenant, job_id)
+        row = session.scalar(
+            select(CheckpointRow).where(
+                CheckpointRow.id == checkpoint_id, CheckpointRow.job_id == job_id
+            )
+        )
+    if row is None:
+        raise not_found("checkpoint", checkpoint_id)
+    return _adapter_response(
+        store,
+        f"{row.storage_key}/adapter.tar.gz",
+        row.adapter_sha256,
+        f"{checkpoint_id}-adapter.tar.gz",
+    )

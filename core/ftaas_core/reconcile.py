@@ -1,0 +1,117 @@
+"""The reconciler: makes Redis and the workers agree with SQL, so no job is ever lost.
+
+Run in every API and worker process. It requeues jobs whose worker stopped renewing its lease
+(killed, out of memory, node lost), failing them once the retry budget is spent, and re-enqueues
+queued jobs that Redis no longer holds (e.g. Redis restarted without persistence).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import select
+
+from ftaas_core.db import Database, get_database
+from ftaas_core.events import add_event
+from ftaas_core.leases import OWNED_STATUSES, fail_job
+from ftaas_core.models import File, Job, now
+from ftaas_core.queue import enqueue_training, is_enqueued
+from ftaas_core.settings import Settings, get_settings
+from ftaas_core.storage import get_store
+from ftaas_core.webhooks import deliver_due
+
+log = logging.getLogger("ftaas.reconcile")
+
+
+def requeue_expired(db: Database, settings: Settings) -> None:
+    with db.session() as session:
+        expired = session.scalars(
+            select(Job)
+            .where(Job.status.in_(OWNED_STATUSES), Job.lease_expires_at < time.time())
+            .with_for_update(skip_locked=True)
+        ).all()
+        for job in expired:
+            if job.status == "pausing":  # it was to stop anyway: resume picks up its checkpoint
+                job.status = "paused"
+                job.worker_id = job.lease_expires_at = None
+                add_event(session, job.id, "Job paused (its worker stopped responding)")
+                continue
+            job.retries += 1
+            if job.retries > settings.max_job_retries:
+                fail_job(
+                    session,
+                    job,
+                    "worker_lost",
+                    f"The worker training this job stopped {job.retries} times (killed, out of "
+                    "memory, or its node was lost); giving up.",
+                )
+                continue
+            job.status = "queued"
+            job.worker_id = None
+            job.lease_expires_at = None
+            add_event(
+                session,
+                job.id,
+                f"Worker lost during attempt {job.attempt}; requeued (retry {job.retries} of "
+                f"{settings.max_job_retries}), resuming from the last checkpoint",
+                level="warn",
+            )
+
+
+def enqueue_missing(db: Database) -> None:
+    with db.session() as session:
+        queued = session.execute(select(Job.id, Job.attempt).where(Job.status == "queued")).all()
+    for job_id, attempt in queued:
+        if not is_enqueued(job_id, attempt):
+            log.info("re-enqueueing %s (attempt %s) from SQL", job_id, attempt)
+            enqueue_training(job_id, attempt)
+
+
+def delete_expired_files(db: Database) -> None:
+    """Files past their ``expires_at`` go: the row first, so nothing points at a missing object."""
+    with db.session() as session:
+        expired = session.scalars(
+            select(File).where(File.expires_at < now()).with_for_update(skip_locked=True)
+        ).all()
+        keys = [row.storage_key for row in expired]
+        for row in expired:
+            session.delete(row)
+    for key in keys:
+        get_store().delete_prefix(key)
+
+
+def reconcile_once(db: Database | None = None, settings: Settings | None = None) -> None:
+    db = db or get_database()
+    requeue_expired(db, settings or get_settings())
+    enqueue_missing(db)
+    delete_expired_files(db)
+
+
+class Reconciler:
+    """Runs :func:`reconcile_once`, then due webhook deliveries, on a daemon thread every few
+    seconds until stopped."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = interval or max(1.0, get_settings().worker_lease_seconds / 3)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ftaas-reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                reconcile_once()
+            except Exception as exc:  # SQL or Redis away: try again next round
+                log.warning("reconcile failed: %s", exc)
+            try:  # on its own: a Redis outage must not hold up webhooks
+                deliver_due(get_database())
+            except Exception as exc:
+                log.warning("webhook delivery failed: %s", exc)

@@ -1,0 +1,35 @@
+"""``ftaas worker`` and ``ftaas tiny-model``, registered with the SDK's ``ftaas`` command through
+an entry point."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+from ftaas.cli import CommandGroup
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from ftaas_worker.worker import run_worker
+
+    run_worker(burst=args.burst)
+
+
+def _tiny_model(args: argparse.Namespace) -> None:
+    from ftaas_worker.tiny_model import build_tiny_model
+
+    print(build_tiny_model(Path(args.dir)))
+
+
+def register(groups: Mapping[str, CommandGroup]) -> None:
+    commands = groups["ftaas"]
+    worker = commands.add_parser("worker", help="run a training worker (one GPU)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.set_defaults(func=_worker)
+
+    tiny = commands.add_parser(
+        "tiny-model", help="write a tiny random chat model for tests and demos"
+    )
+    tiny.add_argument("dir")
+    tiny.set_defaults(func=_tiny_model)

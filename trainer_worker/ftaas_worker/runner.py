@@ -1,0 +1,371 @@
+"""One fine-tuning job, run inside its own work horse process (see :mod:`ftaas_worker.horse`).
+
+Takes the job's lease, fetches its data, resumes from its newest checkpoint if an earlier attempt
+left one, trains with :mod:`ftaas_worker.recipe`, stores checkpoints and the adapter, and
+records the outcome. Every write goes through the lease, so a cancelled job or one taken over by
+another attempt is never written to.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from ftaas_core.datasets import DatasetFormatError, Example, iter_examples
+from ftaas_core.db import get_database
+from ftaas_core.estimates import record_throughput
+from ftaas_core.events import add_event
+from ftaas_core.hyperparams import Hyperparameters, ResolvedHyperparameters, auto_choices, resolve
+from ftaas_core.ids import new_id
+from ftaas_core.leases import Lease, LeaseLost
+from ftaas_core.models import Checkpoint, File, JobEvent, Tenant, now
+from ftaas_core.queue import enqueue_training
+from ftaas_core.settings import Settings, get_settings
+from ftaas_core.storage import ObjectStore, get_store, iter_stream, put_file
+from ftaas_core.webhooks import record_job_event
+
+log = logging.getLogger("ftaas.worker")
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+METRIC_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "tokens_per_second",
+)
+
+
+class JobFailed(Exception):
+    """A failure the user can act on, with an OpenAI-style error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def run_job(job_id: str) -> str:
+    """rq entry point (enqueued by dotted name). Returns how the attempt ended."""
+    settings = get_settings()
+    worker_id = os.environ.get("RQ_WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}"
+    lease = Lease.acquire(get_database(), job_id, worker_id, settings.worker_lease_seconds)
+    if lease is None:
+        return "skipped: not queued"
+    preempted = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+    with lease.heartbeat(), tempfile.TemporaryDirectory(prefix=f"{job_id}-") as tmp:
+        # torch and transformers take seconds to import: only once the job is ours and its
+        # lease is being renewed, so stale queue entries are skipped cheaply.
+        from ftaas_worker.recipe import TrainingStopped
+
+        run = JobRun(lease, settings, get_store(), Path(tmp), preempted)
+        try:
+            run.execute()
+            return "succeeded"
+        except LeaseLost:
+            return "stopped: cancelled or taken over"
+        except TrainingStopped as stop:
+            if stop.reason == "preempt":
+                status = lease.park(stop.step)
+                if status == "queued":
+                    enqueue_training(job_id, lease.attempt)
+                return status
+            return "stopped: cancelled"
+        except JobFailed as failure:
+            lease.fail(failure.code, failure.message)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            lease.fail(*describe_failure(exc, run.phase))
+        return "failed"
+
+
+def describe_failure(exc: Exception, phase: str) -> tuple[str, str]:
+    """An error code and a message a user can act on, for an exception out of training."""
+    import torch
+
+    from ftaas_worker.recipe import ModelLoadError, TrainingDataError
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (
+            "out_of_memory",
+            "The GPU ran out of memory. Lower batch_size or max_seq_length, or use a smaller model.",
+        )
+    if isinstance(exc, ModelLoadError):
+        return "model_load_failed", f"The base model could not be loaded: {exc}"
+    if isinstance(exc, TrainingDataError):
+        return "invalid_training_file", f"The training data cannot be trained on: {exc}"
+    return "internal_error", f"Training failed ({phase}): {type(exc).__name__}: {exc}"
+
+
+class JobRun:
+    """The hooks the recipe calls, and the steps around it."""
+
+    def __init__(
+        self,
+        lease: Lease,
+        settings: Settings,
+        store: ObjectStore,
+        work_dir: Path,
+        preempted: threading.Event,
+    ) -> None:
+        self.lease = lease
+        self.settings = settings
+        self.store = store
+        self.work_dir = work_dir
+        self.preempted = preempted
+        self.phase = "Starting"
+        self.dataset_digests: dict[str, dict[str, str]] = {}
+        self.started = time.monotonic()
+        with lease.guard() as (session, job):
+            self.job_id = job.id
+            self.tenant_id = job.tenant_id
+            self.model = job.model
+            self.seed = job.seed
+            self.requested = Hyperparameters.model_validate(
+                {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
+            )
+            tenant = session.get(Tenant, job.tenant_id)
+            suffix = job.suffix or ""
+            self.model_name = (
+                f"ft:{job.model}:{tenant.name if tenant else job.tenant_id}:{suffix}:{job.id}"
+            )
+            self.files = {"training": job.training_file, "validation": job.validation_file}
+            self.resume_key = session.scalar(
+                select(Checkpoint.storage_key)
+                .where(Checkpoint.job_id == job.id)
+                .order_by(Checkpoint.step_number.desc(), Checkpoint.seq.desc())
+                .limit(1)
+            )
+
+    # -- the recipe's hooks -------------------------------------------------------------------
+    def on_phase(self, message: str) -> None:
+        self.phase = message
+        with self.lease.guard() as (session, job):
+            add_event(session, job.id, message)
+
+    def on_metrics(self, data: dict[str, float | int]) -> None:
+        step, total = int(data["step"]), int(data.get("total_steps", 0))
+        parts = (
+            [f"Step {step}/{total}: training loss={data['train_loss']:.4f}"]
+            if "train_loss" in data
+            else [f"Step {step}/{total}"]
+        )
+        if "valid_loss" in data:
+            parts.append(f"validation loss={data['valid_loss']:.4f}")
+        with self.lease.guard() as (session, job):
+            add_event(session, job.id, ", ".join(parts), type="metrics", data=dict(data))
+            if total and step:
+                elapsed = time.monotonic() - self.started
+                job.estimated_finish = now() + int(elapsed / step * (total - step))
+
+    def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, float | int]) -> None:
+        prefix = (
+            f"checkpoints/{self.tenant_id}/{self.job_id}/attempt-{self.lease.attempt}-step-{step}"
+        )
+        sha256 = self._put_tar(f"{prefix}/adapter.tar.gz", directory, ADAPTER_FILES)
+        self._put_tar(f"{prefix}/state.tar.gz", directory, None)
+        with self.lease.guard() as (session, job):
+            session.add(
+                Checkpoint(
+                    id=new_id("ftckpt"),
+                    job_id=job.id,
+                    step_number=step,
+                    metrics=dict(metrics) | {"step": step},
+                    storage_key=prefix,
+                    adapter_sha256=sha256,
+                    fine_tuned_model_checkpoint=f"{self.model_name}:ckpt-step-{step}",
+                )
+            )
+            add_event(session, job.id, f"Checkpoint saved at step {step}")
+
+    def stop_requested(self) -> str | None:
+        if self.lease.lost.is_set():
+            return "cancel"
+        if self.preempted.is_set() or self.lease.pause_requested.is_set():
+            return "preempt"
+        return None
+
+    # -- the job ---------------------------------------------------------------------------
+    def execute(self) -> None:
+        from ftaas_worker.manifest import device_description, library_versions, model_fingerprint
+        from ftaas_worker.recipe import train
+
+        self.on_phase(f"Fine-tuning job started (attempt {self.lease.attempt})")
+        model_path = self.settings.models.get(self.model)
+        if model_path is None:
+            raise JobFailed(
+                "model_not_available",
+                f"Model '{self.model}' is no longer in this deployment's catalogue.",
+            )
+        self.phase = "Reading the training data"
+        train_examples = self._examples("training")
+        valid_examples = self._examples("validation") if self.files["validation"] else None
+        hp = resolve(self.requested, len(train_examples))
+        self._record_hyperparameters(hp)
+        resume_from = self._fetch_resume_state()
+        result = train(
+            model_path,
+            train_examples,
+            valid_examples,
+            hp,
+            self.seed,
+            self.work_dir / "train",
+            self,
+            resume_from=resume_from,
+        )
+        self.on_phase("Uploading the adapter")
+        manifest = {
+            "job_id": self.job_id,
+            "fine_tuned_model": self.model_name,
+            "base_model": {"name": self.model, **model_fingerprint(model_path)},
+            "datasets": self.dataset_digests,
+            "seed": self.seed,
+            "hyperparameters": hp.as_dict(),
+            "libraries": library_versions(),
+            "device": device_description(),
+            "trained_tokens": result.trained_tokens,
+            "steps": result.steps,
+            "metrics": result.metrics,
+        }
+        (result.adapter_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        adapter_key = (
+            f"adapters/{self.tenant_id}/{self.job_id}/attempt-{self.lease.attempt}/adapter.tar.gz"
+        )
+        sha256 = self._put_tar(adapter_key, result.adapter_dir, None)
+        metrics = self._metrics_history()
+        results = self._store_metrics_csv(metrics)
+        with self.lease.guard() as (session, job):
+            session.add(results)
+            job.status = "succeeded"
+            job.fine_tuned_model = self.model_name
+            job.trained_tokens = result.trained_tokens
+            job.finished_at = now()
+            job.estimated_finish = None
+            job.lease_expires_at = None
+            job.result_files = [results.id]
+            job.adapter_key = adapter_key
+            job.adapter_sha256 = sha256
+            job.manifest = manifest
+            if speeds := [
+                row["tokens_per_second"] for row in metrics if "tokens_per_second" in row
+            ]:
+                record_throughput(session, job.model, manifest["device"], sum(speeds) / len(speeds))
+            add_event(session, job.id, "The job has successfully completed")
+            record_job_event(session, job, "fine_tuning.job.succeeded")
+        self._drop_other_adapters(adapter_key)
+
+    def _drop_other_adapters(self, kept: str) -> None:
+        """Remove adapters an earlier attempt uploaded before it died, so one final copy remains."""
+        for key in self.store.list(f"adapters/{self.tenant_id}/{self.job_id}"):
+            if key != kept:
+                self.store.delete_prefix(key)
+
+    def _examples(self, which: str) -> list[Example]:
+        file_id = self.files[which]
+        with self.lease.guard() as (session, _):
+            row = session.scalar(
+                select(File).where(File.id == file_id, File.tenant_id == self.tenant_id)
+            )
+        if row is None:
+            raise JobFailed(
+                f"invalid_{which}_file", f"The {which} file {file_id} was deleted before training."
+            )
+        try:
+            digest = hashlib.sha256()
+            examples = list(
+                iter_examples(_hashed(iter_stream(self.store.open(row.storage_key)), digest))
+            )
+        except DatasetFormatError as exc:
+            raise JobFailed(f"invalid_{which}_file", f"The {which} file is invalid: {exc}") from exc
+        self.dataset_digests[which] = {"file": file_id, "sha256": digest.hexdigest()}
+        return examples
+
+    def _record_hyperparameters(self, hp: ResolvedHyperparameters) -> None:
+        """Show the resolved values (what "auto" became) on the job, as OpenAI does."""
+        with self.lease.guard() as (_, job):
+            explained = job.hyperparameters.get("auto_resolved") or auto_choices(self.requested, hp)
+            job.hyperparameters = hp.as_dict() | {"auto_resolved": explained}
+
+    def _fetch_resume_state(self) -> Path | None:
+        if self.resume_key is None:
+            return None
+        target = self.work_dir / "resume"
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(
+            fileobj=self.store.open(f"{self.resume_key}/state.tar.gz"), mode="r|gz"
+        ) as tar:
+            tar.extractall(target, filter="data")
+        return target
+
+    def _put_tar(self, key: str, directory: Path, names: tuple[str, ...] | None) -> str:
+        """Pack ``directory`` (or just ``names`` in it) as a tar.gz object; returns its sha256."""
+        archive = self.work_dir / f"{new_id('tar')}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in _files(directory):
+                if names is None or path.name in names:
+                    tar.add(path, arcname=path.relative_to(directory).as_posix())
+        digest = hashlib.sha256()
+        with archive.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        put_file(self.store, key, archive)
+        archive.unlink()
+        return digest.hexdigest()
+
+    def _metrics_history(self) -> list[dict[str, Any]]:
+        """Every metrics event of the job, oldest first, across all its attempts."""
+        with self.lease.guard() as (session, _):
+            return list(
+                session.scalars(
+                    select(JobEvent.data)
+                    .where(JobEvent.job_id == self.job_id, JobEvent.type == "metrics")
+                    .order_by(JobEvent.seq)
+                )
+            )
+
+    def _store_metrics_csv(self, metrics: list[dict[str, Any]]) -> File:
+        """The per-step metrics as a result file, like OpenAI's ``step_metrics.csv``."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(metrics)
+        data = buffer.getvalue().encode()
+        file_id = new_id("file")
+        key = f"files/{self.tenant_id}/{file_id}"
+        self.store.put_stream(key, [data])
+        return File(
+            id=file_id,
+            tenant_id=self.tenant_id,
+            filename="step_metrics.csv",
+            purpose="fine-tune-results",
+            bytes=len(data),
+            status="processed",
+            storage_key=key,
+        )
+
+
+def _hashed(chunks: Iterator[bytes], digest: Any) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+
+
+def _files(directory: Path) -> Iterator[Path]:
+    return (p for p in sorted(directory.rglob("*")) if p.is_file())
