@@ -27,11 +27,11 @@ test: install
 # The integration tests again on PostgreSQL (127.0.0.1:5432), Redis (127.0.0.1:6379) and an
 # S3 endpoint on loopback; each run creates its own database and queue names.
 test-services: install
-	FTAAS_TEST_BACKENDS=services $(BIN)/pytest -q -m "not chaos" tests/integration
+	FTAAS_TEST_BACKENDS=services $(BIN)/pytest -q -m "backend and not chaos"
 
 # Jobs under random worker SIGKILLs; size with FTAAS_CHAOS_JOBS / FTAAS_CHAOS_KILLS.
 test-chaos: install
-	$(BIN)/pytest -q -m chaos tests/integration
+	$(BIN)/pytest -q -m chaos
 
 lint: install
 	$(BIN)/ruff check .

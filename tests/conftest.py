@@ -172,3 +172,11 @@ def http(api_url: str, api_key: str) -> Iterator[httpx2.Client]:
 def other_http(api_url: str, other_key: str) -> Iterator[httpx2.Client]:
     with tenant_client(api_url, other_key) as client:
         yield client
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that runs on a backend, so ``-m backend`` picks the integration tests
+    (``make test-services`` repeats them on PostgreSQL, Redis and S3) wherever they live."""
+    for item in items:
+        if "backend" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.backend)

@@ -24,9 +24,8 @@ from ftaas import AsyncClient, Client, NotFoundError
 from ftaas_core.db import get_database
 from ftaas_core.webhooks import deliver_due
 from tests.conftest import Backend
-from tests.integration.test_training import HYPERPARAMETERS
 from tests.support.data import taught_dataset
-from tests.support.jobs import create_job, upload, wait_for_status, wait_until
+from tests.support.jobs import HYPERPARAMETERS, create_job, upload, wait_for_status, wait_until
 from tests.support.services import free_port, wait_until_healthy
 
 OPENAI = openai.OpenAI(api_key="x")

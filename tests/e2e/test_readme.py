@@ -1,4 +1,5 @@
-"""The README's SDK example runs as written against a live server and a real worker."""
+"""The README: its SDK example runs as written against a live server and a real worker, and its
+configuration table names every setting."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ftaas_core.settings import Settings
 from tests.conftest import Backend
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -37,3 +39,13 @@ def test_readme_sdk_example(
         worker.stop()
     assert namespace["job"].status == "succeeded"  # type: ignore[attr-defined]
     assert os.path.exists(tmp_path / "adapter" / "adapter_model.safetensors")
+
+
+def test_every_setting_is_in_the_config_table() -> None:
+    text = README.read_text()
+    missing = [
+        f"FTAAS_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`FTAAS_{name.upper()}`" not in text
+    ]
+    assert not missing, f"README config table lacks {missing}"

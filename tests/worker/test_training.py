@@ -24,21 +24,17 @@ from safetensors.torch import load_file
 from ftaas_worker.inference import chat_answers
 from tests.conftest import Backend
 from tests.support.data import SYSTEM, TAUGHT, taught_dataset
-from tests.support.jobs import create_job, events, upload, wait_for_status, wait_until
+from tests.support.jobs import (
+    HYPERPARAMETERS,
+    create_job,
+    events,
+    upload,
+    wait_for_status,
+    wait_until,
+)
 from tests.support.services import Process
 
 pytestmark = pytest.mark.training
-
-HYPERPARAMETERS = {
-    "n_epochs": 12,
-    "batch_size": 4,
-    "learning_rate": 3e-3,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "warmup_ratio": 0.0,
-    "save_steps": 6,
-}
 
 
 @pytest.fixture

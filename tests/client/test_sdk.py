@@ -24,8 +24,8 @@ from ftaas import (
     NotFoundError,
 )
 from tests.conftest import Backend
-from tests.integration.test_training import HYPERPARAMETERS
 from tests.support.data import taught_dataset
+from tests.support.jobs import HYPERPARAMETERS
 
 DATA = taught_dataset()
 

@@ -17,9 +17,8 @@ from redis import Redis
 from rq import Worker
 
 from tests.conftest import Backend, tenant_client
-from tests.integration.test_training import HYPERPARAMETERS
 from tests.support.data import taught_dataset
-from tests.support.jobs import TERMINAL, create_job, events, upload, wait_until
+from tests.support.jobs import HYPERPARAMETERS, TERMINAL, create_job, events, upload, wait_until
 from tests.support.services import Process, RedisServer, free_port, wait_until_healthy
 
 JOBS = int(os.environ.get("FTAAS_CHAOS_JOBS", "12"))

@@ -18,9 +18,8 @@ from ftaas_api.auth import BLIND_SECONDS
 from ftaas_core.db import Database, get_database
 from ftaas_core.keys import create_key, revoke_key
 from tests.conftest import Backend, new_key, tenant_client
-from tests.integration.test_training import HYPERPARAMETERS
 from tests.support.data import taught_dataset
-from tests.support.jobs import create_job, events, upload, wait_until
+from tests.support.jobs import HYPERPARAMETERS, create_job, events, upload, wait_until
 from tests.support.services import (
     Process,
     RedisServer,
