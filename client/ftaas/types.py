@@ -5,13 +5,29 @@ Models accept fields they do not know, so an older SDK keeps working against a n
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 T = TypeVar("T")
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+class JobStatus(StrEnum):
+    """A fine-tuning job's status: OpenAI's, plus ``pausing``/``paused`` for its pause route.
+    The server's lifecycle (``ftaas_core.lifecycle``) owns the moves between them."""
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 class WireModel(BaseModel):
@@ -82,7 +98,7 @@ class FineTuningJob(WireModel):
     organization_id: str
     result_files: list[str]
     seed: int
-    status: str
+    status: JobStatus | str  # a status a newer server added stays readable
     trained_tokens: int | None
     training_file: str
     validation_file: str | None

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Row, Select, case, func, select
 from sqlalchemy.orm import Session, aliased
 
+from ftaas.types import JobStatus
 from ftaas_core.hyperparams import auto_epochs
 from ftaas_core.models import File, Job, Throughput, now
 
@@ -49,7 +50,7 @@ def with_estimate_inputs(query: Select[Any]) -> Select[Any]:
     queue_position = (
         select(func.count())
         .select_from(_AHEAD)
-        .where(_AHEAD.status == "queued", _AHEAD.seq < Job.seq)
+        .where(_AHEAD.status == JobStatus.QUEUED.value, _AHEAD.seq < Job.seq)
         .scalar_subquery()
     )
     speed = (
@@ -58,7 +59,7 @@ def with_estimate_inputs(query: Select[Any]) -> Select[Any]:
         .scalar_subquery()
     )
     return query.add_columns(
-        case((Job.status == "queued", queue_position)).label("queue_position"),
+        case((Job.status == JobStatus.QUEUED.value, queue_position)).label("queue_position"),
         speed.label("tokens_per_second"),
         File.n_examples,
         File.n_chars,
@@ -68,10 +69,10 @@ def with_estimate_inputs(query: Select[Any]) -> Select[Any]:
 def estimate(row: Row[Any]) -> dict[str, Any]:
     """Extra fields for a job that has not finished: queue position, projected tokens, ETA.
     ``row``: the job's status, epochs and what :func:`with_estimate_inputs` adds."""
-    if row.status not in ("queued", "running", "pausing"):
+    if row.status not in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING):
         return {}
     extra: dict[str, Any] = {}
-    if row.status == "queued":
+    if row.status == JobStatus.QUEUED:
         extra["queue_position"] = row.queue_position
     if not row.n_examples or not row.n_chars:
         return extra
@@ -79,7 +80,7 @@ def estimate(row: Row[Any]) -> dict[str, Any]:
     if epochs == "auto":
         epochs = auto_epochs(row.n_examples)
     tokens = extra["estimated_trained_tokens"] = row.n_chars // CHARS_PER_TOKEN * epochs
-    if row.status == "queued" and row.tokens_per_second:
+    if row.status == JobStatus.QUEUED and row.tokens_per_second:
         # Rounded up: a queued job never looks done already.
         extra["estimated_finish"] = now() + math.ceil(
             (row.queue_position + 1) * tokens / row.tokens_per_second

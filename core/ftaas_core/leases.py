@@ -1,9 +1,11 @@
-"""Job leases: which worker attempt owns a running job, and the state changes it may make.
+"""Job leases: which worker attempt owns a running job, renewed while it trains.
 
-A worker takes a queued job by a conditional UPDATE that bumps ``attempt``; from then on each of
-its writes happens in a transaction that first re-reads the job and checks it is still
-``running`` under the same attempt. A cancelled job, or one whose lease expired and was handed to
-another attempt, raises :class:`LeaseLost`, so a stale worker can never overwrite newer state.
+A worker takes a queued job with :func:`ftaas_core.lifecycle.start`, which bumps ``attempt``.
+From then on each of its writes happens in a transaction whose first statement is a conditional
+UPDATE on the job under that attempt (:meth:`Lease.guard`): it renews the lease and locks the
+row (the database, on SQLite) until the writes commit, so a cancel or a takeover lands either
+before them, and they raise :class:`LeaseLost`, or after them. A stale worker can never write
+over newer state.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ from contextlib import contextmanager
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ftaas.types import JobStatus
+from ftaas_core import lifecycle
 from ftaas_core.db import Database
-from ftaas_core.events import add_event
-from ftaas_core.models import Job, now
-from ftaas_core.webhooks import record_job_event
-
-OWNED_STATUSES = ("running", "pausing")
-"""A worker attempt owns its job in these states; ``pausing`` asks it to checkpoint and stop."""
+from ftaas_core.models import Job
 
 
 class LeaseLost(Exception):
@@ -45,42 +44,33 @@ class Lease:
     def acquire(cls, db: Database, job_id: str, worker_id: str, seconds: int) -> Lease | None:
         """Take a queued job; None if it is not queued (cancelled, finished, or taken)."""
         with db.session() as session:
-            attempt = session.scalar(
-                update(Job)
-                .where(Job.id == job_id, Job.status == "queued")
-                .values(
-                    status="running",
-                    attempt=Job.attempt + 1,
-                    worker_id=worker_id,
-                    lease_expires_at=time.time() + seconds,
-                )
-                .returning(Job.attempt)
-            )
+            attempt = lifecycle.start(session, job_id, worker_id, seconds)
         return None if attempt is None else cls(db, job_id, worker_id, attempt, seconds)
 
     @contextmanager
     def guard(self) -> Iterator[tuple[Session, Job]]:
-        """A transaction in which this attempt still owns the job (row locked where supported)."""
+        """A transaction in which this attempt still owns the job, opened by renewing the lease."""
         with self.db.session() as session:
-            job = session.scalar(
-                select(Job)
-                .where(
-                    Job.id == self.job_id,
-                    Job.attempt == self.attempt,
-                    Job.status.in_(OWNED_STATUSES),
-                )
-                .with_for_update()
-            )
+            job = session.scalars(
+                update(Job)
+                .where(*lifecycle.holds(self.job_id, self.attempt))
+                .values(lease_expires_at=time.time() + self.seconds)
+                .returning(Job)
+                .execution_options(populate_existing=True, synchronize_session=False)
+            ).one_or_none()
             if job is None:
-                self.lost.set()
-                raise LeaseLost(self.job_id)
-            if job.status == "pausing":
+                raise self._lost()
+            if job.status == JobStatus.PAUSING:
                 self.pause_requested.set()
             yield session, job
 
+    def _lost(self) -> LeaseLost:
+        self.lost.set()
+        return LeaseLost(self.job_id)
+
     def renew(self) -> None:
-        with self.guard() as (_, job):
-            job.lease_expires_at = time.time() + self.seconds
+        with self.guard():
+            pass
 
     @contextmanager
     def heartbeat(self, interval: float = 1.0) -> Iterator[None]:
@@ -116,33 +106,21 @@ class Lease:
             status = session.scalar(
                 select(Job.status).where(Job.id == self.job_id, Job.attempt == self.attempt)
             )
-        if status not in OWNED_STATUSES:
-            self.lost.set()
-            raise LeaseLost(self.job_id)
-        if status == "pausing":
+        if status not in lifecycle.OWNED:
+            raise self._lost()
+        if status == JobStatus.PAUSING:
             self.pause_requested.set()
 
-    def park(self, step: int) -> str:
-        """After a checkpoint: ``paused`` if the user asked for a pause, else back to ``queued``
-        (an eviction), without spending the retry budget. Returns the new status."""
-        with self.guard() as (session, job):
-            job.status = "paused" if job.status == "pausing" else "queued"
-            job.worker_id = None
-            job.lease_expires_at = None
-            job.estimated_finish = None
-            message = "Job paused" if job.status == "paused" else "Worker shutting down"
-            add_event(session, job.id, f"{message}: checkpointed at step {step}")
-            return job.status
+    def park(self, step: int) -> Job:
+        """After a checkpoint: paused or back in the queue (see :func:`lifecycle.park`)."""
+        with self.db.session() as session:
+            job = lifecycle.park(session, self.job_id, self.attempt, step)
+        if job is None:
+            raise self._lost()
+        return job
 
     def fail(self, code: str, message: str) -> None:
-        with self.guard() as (session, job):
-            fail_job(session, job, code, message)
-
-
-def fail_job(session: Session, job: Job, code: str, message: str) -> None:
-    job.status = "failed"
-    job.error = {"code": code, "message": message, "param": None}
-    job.finished_at = now()
-    job.lease_expires_at = None
-    add_event(session, job.id, message, level="error")
-    record_job_event(session, job, "fine_tuning.job.failed")
+        with self.db.session() as session:
+            job = lifecycle.fail(session, self.job_id, code, message, Job.attempt == self.attempt)
+        if job is None:
+            raise self._lost()

@@ -13,9 +13,9 @@ import time
 
 from sqlalchemy import select
 
+from ftaas.types import JobStatus
+from ftaas_core import lifecycle
 from ftaas_core.db import Database, get_database
-from ftaas_core.events import add_event
-from ftaas_core.leases import OWNED_STATUSES, fail_job
 from ftaas_core.models import File, Job, now
 from ftaas_core.queue import enqueue_training, is_enqueued
 from ftaas_core.settings import Settings, get_settings
@@ -28,41 +28,20 @@ log = logging.getLogger("ftaas.reconcile")
 def requeue_expired(db: Database, settings: Settings) -> None:
     with db.session() as session:
         expired = session.scalars(
-            select(Job)
-            .where(Job.status.in_(OWNED_STATUSES), Job.lease_expires_at < time.time())
-            .with_for_update(skip_locked=True)
+            select(Job).where(
+                Job.status.in_([s.value for s in lifecycle.OWNED]),
+                Job.lease_expires_at < time.time(),
+            )
         ).all()
         for job in expired:
-            if job.status == "pausing":  # it was to stop anyway: resume picks up its checkpoint
-                job.status = "paused"
-                job.worker_id = job.lease_expires_at = None
-                add_event(session, job.id, "Job paused (its worker stopped responding)")
-                continue
-            job.retries += 1
-            if job.retries > settings.max_job_retries:
-                fail_job(
-                    session,
-                    job,
-                    "worker_lost",
-                    f"The worker training this job stopped {job.retries} times (killed, out of "
-                    "memory, or its node was lost); giving up.",
-                )
-                continue
-            job.status = "queued"
-            job.worker_id = None
-            job.lease_expires_at = None
-            add_event(
-                session,
-                job.id,
-                f"Worker lost during attempt {job.attempt}; requeued (retry {job.retries} of "
-                f"{settings.max_job_retries}), resuming from the last checkpoint",
-                level="warn",
-            )
+            lifecycle.requeue_lost(session, job, settings.max_job_retries)
 
 
 def enqueue_missing(db: Database) -> None:
     with db.session() as session:
-        queued = session.execute(select(Job.id, Job.attempt).where(Job.status == "queued")).all()
+        queued = session.execute(
+            select(Job.id, Job.attempt).where(Job.status == JobStatus.QUEUED.value)
+        ).all()
     for job_id, attempt in queued:
         if not is_enqueued(job_id, attempt):
             log.info("re-enqueueing %s (attempt %s) from SQL", job_id, attempt)

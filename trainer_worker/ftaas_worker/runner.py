@@ -26,6 +26,8 @@ from typing import Any
 
 from sqlalchemy import select
 
+from ftaas.types import JobStatus
+from ftaas_core import lifecycle
 from ftaas_core.datasets import DatasetFormatError, Example, iter_examples
 from ftaas_core.db import get_database
 from ftaas_core.estimates import record_throughput
@@ -34,10 +36,8 @@ from ftaas_core.hyperparams import Hyperparameters, ResolvedHyperparameters, aut
 from ftaas_core.ids import new_id
 from ftaas_core.leases import Lease, LeaseLost
 from ftaas_core.models import Checkpoint, File, JobEvent, Tenant, now
-from ftaas_core.queue import enqueue_training
 from ftaas_core.settings import Settings, get_settings
 from ftaas_core.storage import ObjectStore, get_store, iter_stream, put_file
-from ftaas_core.webhooks import record_job_event
 
 log = logging.getLogger("ftaas.worker")
 
@@ -83,10 +83,10 @@ def run_job(job_id: str) -> str:
             return "stopped: cancelled or taken over"
         except TrainingStopped as stop:
             if stop.reason == "preempt":
-                status = lease.park(stop.step)
-                if status == "queued":
-                    enqueue_training(job_id, lease.attempt)
-                return status
+                job = lease.park(stop.step)
+                if job.status == JobStatus.QUEUED:
+                    lifecycle.enqueue(job)
+                return job.status
             return "stopped: cancelled"
         except JobFailed as failure:
             lease.fail(failure.code, failure.message)
@@ -251,24 +251,25 @@ class JobRun:
         sha256 = self._put_tar(adapter_key, result.adapter_dir, None)
         metrics = self._metrics_history()
         results = self._store_metrics_csv(metrics)
-        with self.lease.guard() as (session, job):
+        with self.lease.guard() as (session, _):
             session.add(results)
-            job.status = "succeeded"
-            job.fine_tuned_model = self.model_name
-            job.trained_tokens = result.trained_tokens
-            job.finished_at = now()
-            job.estimated_finish = None
-            job.lease_expires_at = None
-            job.result_files = [results.id]
-            job.adapter_key = adapter_key
-            job.adapter_sha256 = sha256
-            job.manifest = manifest
             if speeds := [
                 row["tokens_per_second"] for row in metrics if "tokens_per_second" in row
             ]:
-                record_throughput(session, job.model, manifest["device"], sum(speeds) / len(speeds))
-            add_event(session, job.id, "The job has successfully completed")
-            record_job_event(session, job, "fine_tuning.job.succeeded")
+                record_throughput(
+                    session, self.model, manifest["device"], sum(speeds) / len(speeds)
+                )
+            lifecycle.succeed(
+                session,
+                self.job_id,
+                self.lease.attempt,
+                fine_tuned_model=self.model_name,
+                trained_tokens=result.trained_tokens,
+                result_files=[results.id],
+                adapter_key=adapter_key,
+                adapter_sha256=sha256,
+                manifest=manifest,
+            )
         self._drop_other_adapters(adapter_key)
 
     def _drop_other_adapters(self, kept: str) -> None:

@@ -2,41 +2,37 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import RedisError
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from ftaas.types import TERMINAL_STATUSES, Checkpoint, FineTuningJob, JobEvent, Page
+from ftaas.types import Checkpoint, FineTuningJob, JobEvent, JobStatus, Page
 from ftaas_api.deps import DB, Config, Store, TenantId
 from ftaas_api.errors import APIError, not_found
 from ftaas_api.paging import paginate
 from ftaas_api.wire import checkpoint_wire, event_wire, job_wire
+from ftaas_core import lifecycle
 from ftaas_core.db import Database
 from ftaas_core.estimates import estimate, with_estimate_inputs
-from ftaas_core.events import add_event
 from ftaas_core.hyperparams import Hyperparameters
 from ftaas_core.ids import new_id
 from ftaas_core.models import Checkpoint as CheckpointRow
-from ftaas_core.models import File, Job, now
+from ftaas_core.models import File, Job
 from ftaas_core.models import JobEvent as EventRow
-from ftaas_core.queue import dequeue_training, enqueue_training
 from ftaas_core.settings import Settings
 from ftaas_core.storage import iter_stream
-from ftaas_core.webhooks import record_job_event
 
-log = logging.getLogger("ftaas.api")
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
-ACTIVE_STATUSES = ("validating_files", "queued", "running", "pausing")
+JobMove = Callable[[Session, str, str], Job]
 Suffix = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, Field(max_length=512)]
@@ -84,7 +80,6 @@ class JobCreate(Strict):
 # Built once: constructing a statement costs about as much as running it on every poll.
 _OWNED = (Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant"))
 _OWNED_JOB = select(Job).where(*_OWNED)
-_OWNED_JOB_LOCKED = _OWNED_JOB.with_for_update()
 # A polled job and its estimate in one Core statement, with no ORM objects to build: the job's
 # columns (the manifest aside) labelled by attribute name, so the row reads like a Job.
 _JOB_VIEW = with_estimate_inputs(
@@ -94,10 +89,9 @@ _JOB_VIEW = with_estimate_inputs(
 )
 
 
-def _owned_job(session: Session, tenant: str, job_id: str, lock: bool = False) -> Job:
-    """The caller's job (404 otherwise); ``lock`` holds its row for a state change."""
-    query = _OWNED_JOB_LOCKED if lock else _OWNED_JOB
-    row = session.scalar(query, {"job_id": job_id, "tenant": tenant})
+def _owned_job(session: Session, tenant: str, job_id: str) -> Job:
+    """The caller's job (404 otherwise)."""
+    row = session.scalar(_OWNED_JOB, {"job_id": job_id, "tenant": tenant})
     if row is None:
         raise not_found("fine-tuning job", job_id)
     return row
@@ -145,19 +139,6 @@ def _validate_and_insert(
             "early_stopping_patience and keep_best judge by validation loss: give a validation_file.",
             param="validation_file",
         )
-    active = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.tenant_id == tenant, Job.status.in_(ACTIVE_STATUSES))
-    )
-    if active >= settings.max_active_jobs:
-        raise APIError(
-            429,
-            f"You have {active} active fine-tuning jobs, the most this deployment allows at once; "
-            "wait for one to finish or cancel one.",
-            code="exceeded_quota",
-            retry_after=30,
-        )
     _check_file(session, tenant, body.training_file, "training_file", settings.min_examples)
     if body.validation_file:
         _check_file(session, tenant, body.validation_file, "validation_file", 1)
@@ -168,18 +149,22 @@ def _validate_and_insert(
         training_file=body.training_file,
         validation_file=body.validation_file,
         hyperparameters=hyperparameters.model_dump(),
-        status="queued",
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         suffix=body.suffix,
         metadata_=body.metadata,
         result_files=[],
         idempotency_key=key,
     )
-    session.add(job)
-    session.flush()
-    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
-    add_event(session, job.id, "Validated training file: " + body.training_file)
-    return job
+    try:
+        return lifecycle.create(session, job, settings.max_active_jobs)
+    except lifecycle.QuotaExceeded as exc:
+        raise APIError(
+            429,
+            f"You have {exc.active} active fine-tuning jobs, the most this deployment allows at "
+            "once; wait for one to finish or cancel one.",
+            code="exceeded_quota",
+            retry_after=30,
+        ) from exc
 
 
 @router.post("")
@@ -205,7 +190,7 @@ def create_job(
         if existing is None:
             raise
         return job_wire(existing)
-    _enqueue(job)
+    lifecycle.enqueue(job)
     return _read_job(db, tenant, job.id)
 
 
@@ -241,71 +226,43 @@ def _read_job(db: Database, tenant: str, job_id: str) -> FineTuningJob:
     return job_wire(row, **estimate(row))
 
 
+def _change(db: Database, tenant: str, job_id: str, move: JobMove, verb: str) -> FineTuningJob:
+    """One lifecycle move a tenant asked for; 400 naming the status when the job cannot make it
+    (not 409: the openai SDK retries 409s, and this can never succeed)."""
+    try:
+        with db.session() as session:
+            job = move(session, tenant, job_id)
+    except LookupError:
+        raise not_found("fine-tuning job", job_id) from None
+    except lifecycle.TransitionRefused as refused:
+        raise APIError(
+            400, f"Job {job_id} is {refused.status}; it cannot be {verb}.", param="id"
+        ) from None
+    if job.status == JobStatus.QUEUED:
+        lifecycle.enqueue(job)
+    elif job.status in (JobStatus.CANCELLED, JobStatus.PAUSED):
+        lifecycle.drop_from_queue(job)
+    return job_wire(job)
+
+
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: str, tenant: TenantId, db: DB) -> FineTuningJob:
-    """Queued jobs never start; a running job's lease is revoked and its worker stops at the next step."""
-    with db.session() as session:
-        job = _owned_job(session, tenant, job_id, lock=True)
-        if job.status in TERMINAL_STATUSES:
-            # 400, not 409: the openai SDK retries 409s, and this can never succeed.
-            raise APIError(
-                400, f"Job {job_id} has already {job.status}; it cannot be cancelled.", param="id"
-            )
-        was_queued = job.status == "queued"
-        job.status = "cancelled"
-        job.finished_at = now()
-        job.lease_expires_at = None
-        add_event(session, job.id, "Job cancelled by user")
-        record_job_event(session, job, "fine_tuning.job.cancelled")
-    if was_queued:
-        _drop_from_queue(job)
-    return job_wire(job)
+    """Queued jobs never start; a running job's lease is revoked and its worker stops at once."""
+    return _change(db, tenant, job_id, lifecycle.cancel, "cancelled")
 
 
 @router.post("/{job_id}/pause")
 def pause_job(job_id: str, tenant: TenantId, db: DB) -> FineTuningJob:
     """A queued job is parked at once; a running one checkpoints, frees its GPU, then parks."""
-    with db.session() as session:
-        job = _owned_job(session, tenant, job_id, lock=True)
-        if job.status not in ("queued", "running"):
-            raise APIError(
-                400, f"Job {job_id} is {job.status}; only queued or running jobs pause.", param="id"
-            )
-        was_queued = job.status == "queued"
-        job.status = "paused" if was_queued else "pausing"
-        add_event(session, job.id, "Job paused" if was_queued else "Pause requested")
-    if was_queued:
-        _drop_from_queue(job)
-    return job_wire(job)
+    return _change(
+        db, tenant, job_id, lifecycle.pause, "paused (only queued or running jobs pause)"
+    )
 
 
 @router.post("/{job_id}/resume")
 def resume_job(job_id: str, tenant: TenantId, db: DB) -> FineTuningJob:
     """Back to the queue; the worker continues from the checkpoint the pause saved."""
-    with db.session() as session:
-        job = _owned_job(session, tenant, job_id, lock=True)
-        if job.status != "paused":
-            raise APIError(
-                400, f"Job {job_id} is {job.status}; only paused jobs resume.", param="id"
-            )
-        job.status = "queued"
-        add_event(session, job.id, "Job resumed")
-    _enqueue(job)
-    return job_wire(job)
-
-
-def _enqueue(job: Job) -> None:
-    try:
-        enqueue_training(job.id, job.attempt)
-    except RedisError as exc:  # the job is recorded; the reconciler enqueues it once Redis is back
-        log.warning("could not enqueue %s now: %s", job.id, exc)
-
-
-def _drop_from_queue(job: Job) -> None:
-    try:
-        dequeue_training(job.id, job.attempt)
-    except RedisError as exc:  # harmless: a worker skips a job that is not queued
-        log.warning("could not drop %s from the queue: %s", job.id, exc)
+    return _change(db, tenant, job_id, lifecycle.resume, "resumed (only paused jobs resume)")
 
 
 @router.get("/{job_id}/events")
@@ -373,7 +330,7 @@ def download_adapter(job_id: str, tenant: TenantId, db: DB, store: Store) -> Str
     """The finished job's PEFT adapter directory as a tar.gz."""
     with db.session() as session:
         job = _owned_job(session, tenant, job_id)
-    if job.status != "succeeded" or not job.adapter_key or not job.adapter_sha256:
+    if job.status != JobStatus.SUCCEEDED or not job.adapter_key or not job.adapter_sha256:
         raise APIError(
             400,
             f"Job {job_id} is {job.status}; its adapter exists once it has succeeded.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from ftaas.types import Model, Page
+from ftaas.types import JobStatus, Model, Page
 from ftaas_api.deps import DB, Config, TenantId
 from ftaas_core.models import Job
 
@@ -18,7 +18,7 @@ def list_models(tenant: TenantId, db: DB, settings: Config) -> Page[Model]:
     with db.session() as session:
         jobs = session.scalars(
             select(Job)
-            .where(Job.tenant_id == tenant, Job.status == "succeeded")
+            .where(Job.tenant_id == tenant, Job.status == JobStatus.SUCCEEDED.value)
             .order_by(Job.seq.desc())
         ).all()
     models += [
