@@ -41,7 +41,7 @@ def test_server_logs_carry_no_keys(
 def test_remote_code_is_never_trusted() -> None:
     sources = [
         p
-        for folder in ("api", "ftaas", "trainer_worker", "client")
+        for folder in ("api", "core", "trainer_worker", "client")
         for p in (ROOT / folder).rglob("*.py")
     ]
     text = "\n".join(p.read_text() for p in sources)
