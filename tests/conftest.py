@@ -123,16 +123,23 @@ def _activate(backend: Backend, saved: dict[str, str]) -> Iterator[Backend]:
         clear_caches()
 
 
-@pytest.fixture(scope="session")
-def api_url(backend: Backend) -> Iterator[str]:
+@contextmanager
+def api_server(backend: Backend, **env: str) -> Iterator[tuple[str, Process]]:
+    """``ftaas serve`` on a free port with extra settings; its URL once it is healthy."""
     port = free_port()
-    server = backend.start("serve", "--port", str(port))
+    server = backend.start("serve", "--port", str(port), **env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, server)
-        yield url
+        yield url, server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(backend: Backend) -> Iterator[str]:
+    with api_server(backend) as (url, _):
+        yield url
 
 
 def new_key(tenant: str) -> str:

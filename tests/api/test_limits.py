@@ -10,29 +10,16 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from tests.conftest import Backend, new_key, tenant_client
+from tests.conftest import Backend, api_server, new_key, tenant_client
 from tests.support.data import taught_dataset
 from tests.support.jobs import upload
-from tests.support.services import free_port, wait_until_healthy
 
 
 @pytest.fixture(scope="module")
 def strict_url(backend: Backend) -> Iterator[str]:
-    port = free_port()
-    server = backend.start(
-        "serve",
-        "--port",
-        str(port),
-        FTAAS_RATE_LIMIT_PER_MINUTE="60",
-        FTAAS_MAX_ACTIVE_JOBS="2",
-        FTAAS_MAX_REQUEST_BYTES="4096",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, server)
+    limits = {"RATE_LIMIT_PER_MINUTE": "60", "MAX_ACTIVE_JOBS": "2", "MAX_REQUEST_BYTES": "4096"}
+    with api_server(backend, **{f"FTAAS_{k}": v for k, v in limits.items()}) as (url, _):
         yield url
-    finally:
-        server.stop()
 
 
 def test_active_job_quota_is_429_with_retry_after(strict_url: str) -> None:

@@ -16,10 +16,10 @@ import pytest
 from ftaas_core.db import get_database
 from ftaas_core.events import add_event
 from ftaas_core.leases import Lease, LeaseLost
-from tests.conftest import Backend, new_key, tenant_client
+from tests.conftest import Backend, api_server, new_key, tenant_client
 from tests.support.data import taught_dataset
 from tests.support.jobs import create_job, events, upload
-from tests.support.services import free_port, wait_until_healthy
+from tests.support.services import free_port
 
 CONCURRENCY = 30
 
@@ -142,14 +142,8 @@ def test_a_worker_write_in_flight_lands_before_the_cancel_and_none_after(
 
 @pytest.fixture(scope="module")
 def quota_url(backend: Backend) -> Iterator[str]:
-    port = free_port()
-    server = backend.start("serve", "--port", str(port), FTAAS_MAX_ACTIVE_JOBS="10")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, server)
+    with api_server(backend, FTAAS_MAX_ACTIVE_JOBS="10") as (url, _):
         yield url
-    finally:
-        server.stop()
 
 
 def test_the_active_job_quota_holds_under_concurrent_creates(quota_url: str) -> None:

@@ -23,10 +23,9 @@ import pytest
 from ftaas import AsyncClient, Client, NotFoundError
 from ftaas_core.db import get_database
 from ftaas_core.webhooks import deliver_due
-from tests.conftest import Backend
+from tests.conftest import Backend, api_server
 from tests.support.data import taught_dataset
 from tests.support.jobs import HYPERPARAMETERS, create_job, upload, wait_for_status, wait_until
-from tests.support.services import free_port, wait_until_healthy
 
 OPENAI = openai.OpenAI(api_key="x")
 
@@ -281,10 +280,10 @@ def test_sdk_manages_endpoints_and_reads_deliveries(
         assert hook.secret and hook.events == ["fine_tuning.job.cancelled"]
         assert hook.id in [h.id for h in sdk.webhooks.list()]
         job_id = queued_job(http)
-        sdk.jobs.cancel(job_id)
+        sdk.fine_tuning.jobs.cancel(job_id)
         receiver.wait_for(job_id)
         (delivery,) = wait_until(
-            lambda: [d for d in sdk.webhooks.deliveries(hook.id) if d.status == "delivered"],
+            lambda: [d for d in sdk.webhooks.deliveries.list(hook.id) if d.status == "delivered"],
             10,
             "the delivery in the SDK",
         )
@@ -292,15 +291,15 @@ def test_sdk_manages_endpoints_and_reads_deliveries(
         assert sdk.webhooks.delete(hook.id).deleted
         assert hook.id not in [h.id for h in sdk.webhooks.list()]
         with pytest.raises(NotFoundError):
-            list(sdk.webhooks.deliveries(hook.id))
+            list(sdk.webhooks.deliveries.list(hook.id))
 
 
 def test_async_sdk_twins(api_url: str, api_key: str) -> None:
     async def scenario() -> None:
         async with AsyncClient(api_url, api_key, max_retries=0) as sdk:
             hook = await sdk.webhooks.create("https://example.com/hook")
-            assert hook.id in [h.id for h in await sdk.webhooks.list()]
-            assert [d async for d in sdk.webhooks.deliveries(hook.id)] == []
+            assert hook.id in [h.id async for h in await sdk.webhooks.list()]
+            assert [d async for d in await sdk.webhooks.deliveries.list(hook.id)] == []
             assert (await sdk.webhooks.delete(hook.id)).deleted
 
     asyncio.run(scenario())
@@ -335,13 +334,7 @@ def test_a_trained_job_posts_succeeded(
 
 def test_a_private_receiver_is_refused_unless_allowed(backend: Backend, api_key: str) -> None:
     """This suite's server allows loopback receivers; by default the service does not."""
-    port = free_port()
-    server = backend.start(
-        "serve", "--port", str(port), FTAAS_WEBHOOK_ALLOW_PRIVATE_NETWORKS="false"
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(url, server)
+    with api_server(backend, FTAAS_WEBHOOK_ALLOW_PRIVATE_NETWORKS="false") as (url, _):
         response = httpx2.post(
             f"{url}/v1/webhooks",
             json={"url": "http://169.254.169.254/latest/meta-data/"},
@@ -351,5 +344,3 @@ def test_a_private_receiver_is_refused_unless_allowed(backend: Backend, api_key:
         error = response.json()["error"]
         assert (error["param"], error["code"]) == ("url", "invalid_webhook_url")
         assert "not a public address" in error["message"]
-    finally:
-        server.stop()

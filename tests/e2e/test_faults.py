@@ -7,8 +7,6 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -17,30 +15,16 @@ import pytest
 from ftaas_api.auth import BLIND_SECONDS
 from ftaas_core.db import Database, get_database
 from ftaas_core.keys import create_key, revoke_key
-from tests.conftest import Backend, new_key, tenant_client
+from tests.conftest import Backend, api_server, new_key, tenant_client
 from tests.support.data import taught_dataset
 from tests.support.jobs import HYPERPARAMETERS, create_job, events, upload, wait_until
 from tests.support.services import (
-    Process,
     RedisServer,
     TcpProxy,
     answers,
     free_port,
     postgres_database,
-    wait_until_healthy,
 )
-
-
-@contextmanager
-def api_server(backend: Backend, **env: str) -> Iterator[tuple[str, Process]]:
-    port = free_port()
-    server = backend.start("serve", "--port", str(port), **env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, server)
-        yield url, server
-    finally:
-        server.stop()
 
 
 @pytest.mark.training

@@ -15,10 +15,9 @@ from sqlalchemy import text
 
 from ftaas_core.db import MIGRATIONS, Database, get_database
 from ftaas_core.keys import create_key, hash_key, tenant_for_digest
-from tests.conftest import Backend
+from tests.conftest import Backend, api_server
 from tests.support.data import taught_dataset
 from tests.support.jobs import wait_until
-from tests.support.services import free_port, wait_until_healthy
 
 
 def ftaas(backend: Backend, *args: str) -> subprocess.CompletedProcess[str]:
@@ -93,11 +92,7 @@ def test_tiny_model_command(backend: Backend, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
 def test_upload_over_the_limit_is_413_while_streaming(backend: Backend, api_key: str) -> None:
-    port = free_port()
-    server = backend.start("serve", "--port", str(port), FTAAS_MAX_UPLOAD_BYTES="1000")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, server)
+    with api_server(backend, FTAAS_MAX_UPLOAD_BYTES="1000") as (url, _):
         headers = {"Authorization": f"Bearer {api_key}"}
         before = httpx2.get(f"{url}/v1/files", headers=headers).json()["data"]
 
@@ -122,5 +117,3 @@ def test_upload_over_the_limit_is_413_while_streaming(backend: Backend, api_key:
         )
         assert sized.status_code == 413
         assert httpx2.get(f"{url}/v1/files", headers=headers).json()["data"] == before
-    finally:
-        server.stop()
