@@ -6,7 +6,6 @@ under the data directory; every process of one machine that opens that file shar
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 
 from redis import Redis
@@ -16,6 +15,7 @@ from redis.backoff import NoBackoff
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from ftaas_core.rq_compat import live_started_ids
 from ftaas_core.settings import Settings, get_settings
 
 RUN_JOB = "ftaas_worker.runner.run_job"
@@ -82,8 +82,7 @@ def is_enqueued(job_id: str, attempt: int, connection: Redis | None = None) -> b
     rq_id = rq_job_id(job_id, attempt)
     if queue.get_job_position(rq_id) is not None:
         return True
-    live = queue.connection.zrangebyscore(queue.started_job_registry.key, time.time(), "+inf")
-    return any(member.decode().startswith(f"{rq_id}:") for member in live)
+    return rq_id in live_started_ids(queue)
 
 
 def dequeue_training(job_id: str, attempt: int, connection: Redis | None = None) -> None:

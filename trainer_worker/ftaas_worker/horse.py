@@ -1,74 +1,22 @@
-"""Work horses started before their job, so a job starts training without waiting for imports.
+"""A standby work horse's process (spawned by :class:`ftaas_worker.standby.StandbyHorse`).
 
-While the worker is idle it keeps one :class:`StandbyHorse` waiting: a process that has already
-imported torch, transformers and peft (seconds; importing torch does not initialise CUDA, so
-CUDA still meets no fork) and blocks on its stdin until the worker hands it a job. An empty stdin
-(the worker stopped or died) ends it.
+It pays for the slow imports and set-up while the worker is idle, then waits on its stdin for
+the hand-off of a job and runs that job as rq's work horse would. An empty stdin ends it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-from contextlib import suppress
-from dataclasses import dataclass
 from typing import Any
 
-from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from rq.worker import BaseWorker
 
 from ftaas_core.queue import get_redis, training_queue
-
-
-@dataclass
-class StandbyHorse:
-    pid: int
-    stdin: int
-
-    @classmethod
-    def spawn(cls) -> StandbyHorse:
-        read, write = os.pipe()  # both close-on-exec; the child gets the read end as its stdin
-        source = f"import sys; sys.path[:] = {sys.path!r}; import ftaas_worker.horse as h; h.main()"
-        pid = os.posix_spawn(
-            sys.executable,
-            [sys.executable, "-c", source],
-            os.environ,
-            file_actions=[(os.POSIX_SPAWN_DUP2, read, 0)],
-            setpgroup=0,  # its own process group, as rq gives a horse: the worker signals it alone
-        )
-        os.close(read)
-        return cls(pid, write)
-
-    def alive(self) -> bool:
-        """False once it has exited (reaping it): e.g. killed for memory while it waited."""
-        try:
-            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
-        except ChildProcessError:
-            return False
-
-    def take(self, worker: BaseWorker, job: Job, execution: Execution) -> None:
-        handoff = {
-            "worker_key": worker.key,
-            "job_id": job.id,
-            "execution_id": execution.id,
-            "env": {
-                "RQ_WORKER_ID": worker.name,
-                "RQ_JOB_ID": job.id,
-                "RQ_EXECUTION_ID": execution.id,
-            },
-        }
-        with os.fdopen(self.stdin, "wb") as pipe:
-            pipe.write(json.dumps(handoff).encode())
-
-    def dismiss(self) -> None:
-        os.close(self.stdin)
-        with suppress(ProcessLookupError, ChildProcessError):  # already exited and reaped
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
+from ftaas_core.rq_compat import fetch_execution, run_in_horse
+from ftaas_worker.worker import TrainerWorker
 
 
 def main() -> None:
@@ -87,8 +35,6 @@ def main() -> None:
     handoff: dict[str, Any] = json.loads(raw)
     os.environ.update(handoff["env"])
 
-    from ftaas_worker.worker import TrainerWorker
-
     redis = get_redis()
     worker = TrainerWorker.find_by_key(
         handoff["worker_key"], connection=redis, serializer=JSONSerializer
@@ -96,7 +42,5 @@ def main() -> None:
     if worker is None:  # the worker is gone; the reconciler recovers its job from SQL
         sys.exit(1)
     job = Job.fetch(handoff["job_id"], connection=redis, serializer=JSONSerializer)
-    execution = Execution.fetch(handoff["execution_id"], job.id, connection=redis)
-    execution._job = job  # Execution.job would re-fetch the job without our serializer
-    worker.execution = execution
-    worker.main_work_horse(job, training_queue(redis))
+    execution = fetch_execution(handoff["execution_id"], job)
+    run_in_horse(worker, job, training_queue(redis), execution)

@@ -1,7 +1,7 @@
 """``ftaas worker``: an rq worker on the training queue, one job at a time (one GPU).
 
 Each job runs in its own spawned (never forked) work horse, so CUDA is initialised only in the
-process that trains. The horse is started ahead of its job (:mod:`ftaas_worker.horse`), so a
+process that trains. The horse is started ahead of its job (:mod:`ftaas_worker.standby`), so a
 job does not wait for torch to import. A warm shutdown (SIGTERM from Kubernetes, or Ctrl+C) is
 passed on to the horse, which saves a checkpoint and requeues its job.
 """
@@ -13,23 +13,24 @@ import signal
 import socket
 import time
 import uuid
-from types import FrameType
 from typing import Any
 
 from redis.exceptions import RedisError
-from rq import Queue, Worker
+from rq import Queue
+from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from ftaas_core.db import get_database
 from ftaas_core.queue import get_redis, training_queue
 from ftaas_core.reconcile import Reconciler, reconcile_once
-from ftaas_worker.horse import StandbyHorse
+from ftaas_core.rq_compat import HandOffWorker, check_rq_version, stop_requested
+from ftaas_worker.standby import StandbyHorse
 
 log = logging.getLogger("ftaas.worker")
 
 
-class TrainerWorker(Worker):
+class TrainerWorker(HandOffWorker):
     stopping = False
     standby: StandbyHorse | None = None
     keep_standby = False  # a burst worker ends once the queue is empty: no horse waits for it
@@ -44,37 +45,33 @@ class TrainerWorker(Worker):
                 self.standby.dismiss()
                 self.standby = None
 
-    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+    def start_horse(self, job: Job, queue: Queue, execution: Execution) -> int:
+        """The waiting standby takes the job; a fresh one if it died while it waited."""
         horse, self.standby = self.standby, None
         if horse is None or not horse.alive():
             if horse:
                 horse.dismiss()
             horse = StandbyHorse.spawn()
-        assert self.execution is not None  # rq prepares it before starting the horse
-        horse.take(self, job, self.execution)
-        self._horse_pid = horse.pid
+        horse.take(self, job, execution)
+        return horse.pid
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        super().execute_job(job, queue)
+    def job_done(self) -> None:
         self._refill_standby()
 
     def _refill_standby(self) -> None:
-        if self.keep_standby and not self._stop_requested and self.standby is None:
+        if self.keep_standby and not stop_requested(self) and self.standby is None:
             self.standby = StandbyHorse.spawn()
 
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+    def warm_shutdown(self) -> None:
+        """The horse saves a checkpoint and requeues its job; the worker then ends."""
         self.stopping = True
-        super().request_stop(signum, frame)
-
-    def handle_warm_shutdown_request(self) -> None:
-        super().handle_warm_shutdown_request()
-        if self.horse_pid:
-            self.kill_horse(signal.SIGTERM)
+        self.signal_horse(signal.SIGTERM)
 
 
 def run_worker(burst: bool = False) -> None:
     """Work until stopped; if Redis goes away, wait for it and carry on (jobs live in SQL)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    check_rq_version()
     get_database().migrate()
     reconciler = Reconciler()
     reconciler.start()
@@ -91,8 +88,7 @@ def run_worker(burst: bool = False) -> None:
                 worker.work(burst=burst, logging_level="INFO")
             except RedisError as exc:
                 log.warning("lost Redis: %s", exc)
-            if worker.horse_pid:  # a job still training finishes on its own (it needs no Redis)
-                worker.wait_for_horse()
+            worker.wait_out_horse()  # a job still training finishes on its own (needs no Redis)
             if burst or worker.stopping:
                 return
             _wait_for_redis()
