@@ -317,9 +317,10 @@ def run_step_probe(work: Workload) -> StepProbe:
     ]
     padded = [collate(examples, tokenizer.pad_token_id) for examples in grouped]
     shipped_set = recipe.LM_HEAD_ON_TRAINED_ONLY
+    objective = recipe.NextTokenObjective(device)
 
     def shipped(batch: dict[str, Any]) -> Any:
-        return recipe.loss_terms(model, batch, device)[0]
+        return objective.loss_terms(model, batch).loss_sum
 
     def all_positions(batch: dict[str, Any]) -> Any:
         recipe.LM_HEAD_ON_TRAINED_ONLY = frozenset()

@@ -3,6 +3,9 @@
 We write the loop ourselves instead of using the Hugging Face Trainer so that every behaviour the
 service promises is visible here: token-weighted loss across gradient accumulation, checkpoints
 that resume bit-for-bit, cooperative cancel and preemption, and OpenAI-style metrics.
+
+What a run sets up once and only reads is a ``_Run``; everything the loop changes is the
+``TrainingState``, which is exactly what a checkpoint holds besides the adapter.
 """
 
 from __future__ import annotations
@@ -13,16 +16,21 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from ftaas_core.datasets import Example
 from ftaas_core.encoding import IGNORE_INDEX, EncodedExample, encode_examples
@@ -35,6 +43,7 @@ PERIODIC_EVAL_EXAMPLES = 256
 """Periodic evals use this many validation examples; the final eval uses all of them."""
 
 StopReason = Literal["cancel", "preempt"]
+Metrics = dict[str, float | int]
 
 
 class TrainingHooks(Protocol):
@@ -43,10 +52,10 @@ class TrainingHooks(Protocol):
     def on_phase(self, message: str) -> None:
         """A human-readable progress message, e.g. "Epoch 1/3 done"."""
 
-    def on_metrics(self, data: dict[str, float | int]) -> None:
+    def on_metrics(self, data: Metrics) -> None:
         """Step metrics: train loss/accuracy, learning rate, throughput, and evals when they ran."""
 
-    def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, float | int]) -> None:
+    def on_checkpoint(self, step: int, directory: Path, metrics: Metrics) -> None:
         """A checkpoint was written; the caller persists it and may delete the directory."""
 
     def stop_requested(self) -> StopReason | None:
@@ -60,7 +69,7 @@ class TrainResult:
     adapter_dir: Path
     trained_tokens: int
     steps: int
-    metrics: dict[str, float | int]
+    metrics: Metrics
     per_step_losses: list[float]
 
 
@@ -88,23 +97,7 @@ class TrainingStopped(Exception):
         self.step = step
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _lr_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """Linear warmup to the peak learning rate, then cosine decay towards 0 at the last step."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
+# -- the objective ----------------------------------------------------------------------------
 
 # Architectures whose logits are exactly lm_head(last hidden state). For them the lm_head runs on
 # trained positions only: prompts carry no labels, and with 100k+ vocabularies the lm_head is a
@@ -146,44 +139,45 @@ def trained_logits(
     return causal_lm.get_output_embeddings()(trained_hidden(model, inputs, trained))
 
 
-def loss_terms(
-    model: PeftModel, batch: dict[str, torch.Tensor], device: torch.device
-) -> tuple[torch.Tensor, int, int]:
-    """Summed next-token loss, correct predictions and trained tokens of one batch.
+class LossTerms(NamedTuple):
+    """One batch's summed loss, its correct predictions, and the tokens both are counted over.
 
     Sums rather than means, so that the caller can weight every trained token equally however
     the tokens are spread across batches and accumulation steps.
     """
-    inputs, labels, trained = next_token_targets(batch, device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = trained_logits(model, inputs, trained)
-    logits = logits.float()
-    labels = labels[trained]
-    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-    correct = (logits.argmax(dim=-1) == labels).sum()
-    return loss_sum, int(correct), len(labels)
+
+    loss_sum: torch.Tensor
+    correct: int
+    n_tokens: int
 
 
-@torch.no_grad()
-def _evaluate(
-    model: PeftModel,
-    examples: Sequence[EncodedExample],
-    batch_size: int,
-    pad_id: int,
-    device: torch.device,
-) -> tuple[float, float]:
-    """Token-weighted loss and accuracy over ``examples``; leaves the model in train mode."""
-    model.eval()
-    loss_sum, correct, n_tokens = 0.0, 0, 0
-    for start in range(0, len(examples), batch_size):
-        batch_loss, batch_correct, batch_tokens = loss_terms(
-            model, collate(examples[start : start + batch_size], pad_id), device
-        )
-        loss_sum += batch_loss.item()
-        correct += batch_correct
-        n_tokens += batch_tokens
-    model.train()
-    return loss_sum / n_tokens, correct / n_tokens
+class Objective(Protocol):
+    """What the loop minimises; training steps and evaluations see the loss only through this."""
+
+    def loss_terms(self, model: PeftModel, batch: dict[str, torch.Tensor]) -> LossTerms:
+        """The summed loss and counts of one collated batch."""
+
+
+@dataclass(frozen=True)
+class NextTokenObjective:
+    """Supervised fine-tuning: the cross-entropy of every trained token given those before it."""
+
+    device: torch.device
+
+    def loss_terms(self, model: PeftModel, batch: dict[str, torch.Tensor]) -> LossTerms:
+        """The summed next-token loss, correct predictions and trained tokens of ``batch``."""
+        inputs, labels, trained = next_token_targets(batch, self.device)
+        on_cuda = self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_cuda):
+            logits = trained_logits(model, inputs, trained)
+        logits = logits.float()
+        labels = labels[trained]
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        correct = (logits.argmax(dim=-1) == labels).sum()
+        return LossTerms(loss_sum, int(correct), len(labels))
+
+
+# -- the training state: what a checkpoint holds ----------------------------------------------
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -208,38 +202,427 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _save_checkpoint(
-    directory: Path,
-    model: PeftModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    trainer_state: dict[str, Any],
-    device: torch.device,
-) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    torch.save(scheduler.state_dict(), directory / "scheduler.pt")
-    torch.save(_rng_state(device), directory / "rng_state.pt")
-    (directory / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-
-
-def _load_checkpoint(
-    directory: Path,
-    model: PeftModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore weights, optimizer and scheduler; return the trainer state and the RNG state.
-
-    The RNG state is applied by the caller just before training resumes, after everything that
-    might still draw random numbers.
-    """
+def _load_adapter(model: PeftModel, directory: Path) -> None:
     set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-    rng_state = torch.load(directory / "rng_state.pt", weights_only=True)
-    return json.loads((directory / "trainer_state.json").read_text()), rng_state
+
+
+@dataclass
+class BestEval:
+    """Early stopping and keep_best: the best periodic validation loss, and evals since it."""
+
+    valid_loss: float = math.inf
+    step: int = 0
+    evals_since: int = 0
+
+    def update(self, valid_loss: float, step: int) -> bool:
+        """Record a periodic evaluation; True when it is the best so far."""
+        if valid_loss < self.valid_loss:
+            self.valid_loss, self.step, self.evals_since = valid_loss, step, 0
+            return True
+        self.evals_since += 1
+        return False
+
+
+@dataclass
+class TrainingState:
+    """Everything besides the adapter that a resumed run needs to continue bit-for-bit.
+
+    The RNG states too, though they live in the process, not here: :meth:`save` captures them
+    and :meth:`load` restores them.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    total_steps: int  # checked on load: another count means other data or hyperparameters
+    epoch: int = 0
+    batch_position: int = 0  # micro-batches of this epoch already trained
+    step: int = 0
+    trained_tokens: int = 0
+    per_step_losses: list[float] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=dict)  # the last step's
+    best: BestEval = field(default_factory=BestEval)
+
+    def record_step(self, micro_batches: int, trained_tokens: int, loss: float) -> None:
+        """Move past one optimizer step over ``micro_batches`` batches."""
+        self.step += 1
+        self.batch_position += micro_batches
+        self.trained_tokens += trained_tokens
+        self.per_step_losses.append(loss)
+
+    def save(self, directory: Path, model: PeftModel, best_dir: Path, device: torch.device) -> None:
+        """Write ``model``'s adapter and this state, with the best adapter if one is kept."""
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(directory)
+        torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
+        torch.save(_rng_state(device), directory / "rng_state.pt")
+        progress = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "batch_position": self.batch_position,
+            "trained_tokens": self.trained_tokens,
+            "per_step_losses": self.per_step_losses,
+            "metrics": self.metrics,
+            "best": asdict(self.best),
+        }
+        (directory / "trainer_state.json").write_text(json.dumps(progress, indent=2))
+        if best_dir.exists():
+            shutil.copytree(best_dir, directory / "best", dirs_exist_ok=True)
+
+    def load(self, directory: Path, model: PeftModel, best_dir: Path, device: torch.device) -> None:
+        """Restore a checkpoint written by :meth:`save` into this fresh state and ``model``.
+
+        The RNG states are restored last: call this after everything that draws random numbers
+        before the first step (the adapter's initialisation).
+        """
+        saved = json.loads((directory / "trainer_state.json").read_text())
+        if saved["total_steps"] != self.total_steps:
+            raise ValueError(
+                f"Checkpoint {directory} is from a run of {saved['total_steps']} steps, "
+                f"this run has {self.total_steps}: data or hyperparameters changed"
+            )
+        _load_adapter(model, directory)
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+        self.epoch, self.batch_position = saved["epoch"], saved["batch_position"]
+        self.step, self.trained_tokens = saved["step"], saved["trained_tokens"]
+        self.per_step_losses, self.metrics = saved["per_step_losses"], saved["metrics"]
+        self.best = BestEval(**saved["best"])
+        if (directory / "best").exists():
+            shutil.copytree(directory / "best", best_dir, dirs_exist_ok=True)
+        _set_rng_state(torch.load(directory / "rng_state.pt", weights_only=True), device)
+
+
+# -- set-up -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What set-up produces and the loop only reads; all that changes is in the TrainingState."""
+
+    hp: ResolvedHyperparameters
+    seed: int
+    work_dir: Path
+    hooks: TrainingHooks
+    device: torch.device
+    tokenizer: PreTrainedTokenizerBase
+    model: PeftModel
+    objective: Objective
+    train_set: list[EncodedExample]
+    valid_set: list[EncodedExample]
+    eval_every: int
+    report_every: int
+
+    @property
+    def best_dir(self) -> Path:
+        """Where keep_best keeps the adapter of the best periodic evaluation."""
+        return self.work_dir / "best"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup to the peak learning rate, then cosine decay towards 0 at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
+    tokenizer = _load(
+        "tokenizer", lambda: AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase,
+    train_examples: Sequence[Example],
+    valid_examples: Sequence[Example] | None,
+    max_seq_length: int,
+    hooks: TrainingHooks,
+) -> tuple[list[EncodedExample], list[EncodedExample]]:
+    """The training and validation sets, or a TrainingDataError the user can act on."""
+    try:
+        train_set, n_dropped = encode_examples(tokenizer, train_examples, max_seq_length)
+        valid_set = encode_examples(tokenizer, valid_examples or [], max_seq_length)[0]
+    except ValueError as exc:
+        raise TrainingDataError(str(exc)) from exc
+    if not train_set:
+        raise TrainingDataError(
+            f"No training example has a trained token left within max_seq_length="
+            f"{max_seq_length}: every assistant answer or completion was masked or truncated"
+        )
+    message = f"Tokenized {len(train_set)} training and {len(valid_set)} validation examples"
+    if n_dropped:
+        message += f"; dropped {n_dropped} with no trained token left after truncation"
+    hooks.on_phase(message)
+    return train_set, valid_set
+
+
+def _load_base_model(
+    model_path: str, device: torch.device, gradient_checkpointing: bool
+) -> PreTrainedModel:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = _load(
+        "base model",
+        lambda: AutoModelForCausalLM.from_pretrained(
+            model_path, trust_remote_code=False, dtype=dtype
+        ),
+    )
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
+def _wrap_lora(
+    model: PreTrainedModel, hp: ResolvedHyperparameters, device: torch.device
+) -> PeftModel:
+    """The one place the model is wrapped for training: a fresh LoRA adapter, on ``device``."""
+    lora_config = LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=hp.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lora_config).to(device)
+    peft_model.train()
+    return peft_model
+
+
+def _initial_state(model: PeftModel, hp: ResolvedHyperparameters, n_examples: int) -> TrainingState:
+    """Optimizer and schedule over optimizer steps, each accumulating several micro-batches."""
+    batches_per_epoch = math.ceil(n_examples / hp.batch_size)
+    total_steps = hp.n_epochs * math.ceil(batches_per_epoch / hp.gradient_accumulation_steps)
+    warmup_steps = math.ceil(hp.warmup_ratio * total_steps)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_schedule(warmup_steps, total_steps)
+    )
+    return TrainingState(optimizer, scheduler, total_steps)
+
+
+def _set_up(
+    model_path: str,
+    train_examples: Sequence[Example],
+    valid_examples: Sequence[Example] | None,
+    hp: ResolvedHyperparameters,
+    seed: int,
+    work_dir: Path,
+    hooks: TrainingHooks,
+    device: str | None,
+    gradient_checkpointing: bool,
+) -> tuple[_Run, TrainingState]:
+    """Everything before the first step, and the state of a fresh run.
+
+    Tokenizer and data come before the (possibly large) model, so that bad data fails fast.
+    """
+    _seed_everything(seed)
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    hooks.on_phase("Loading tokenizer")
+    tokenizer = _load_tokenizer(model_path)
+    train_set, valid_set = _encode(
+        tokenizer, train_examples, valid_examples, hp.max_seq_length, hooks
+    )
+    hooks.on_phase("Loading base model")
+    base_model = _load_base_model(model_path, torch_device, gradient_checkpointing)
+    model = _wrap_lora(base_model, hp, torch_device)
+    state = _initial_state(model, hp, len(train_set))
+    run = _Run(
+        hp=hp,
+        seed=seed,
+        work_dir=work_dir,
+        hooks=hooks,
+        device=torch_device,
+        tokenizer=tokenizer,
+        model=model,
+        objective=NextTokenObjective(torch_device),
+        train_set=train_set,
+        valid_set=valid_set,
+        eval_every=hp.eval_steps or max(1, state.total_steps // EVALS_PER_RUN),
+        report_every=max(1, state.total_steps // METRIC_REPORTS_PER_RUN),
+    )
+    return run, state
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Since:
+    """Loop bookkeeping no checkpoint holds: the step last checkpointed (or resumed from), and
+    the tokens and seconds spent training since the last metrics report (evals excluded)."""
+
+    checkpoint: int
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def tokens_per_second(self) -> float:
+        """The throughput since the last report, starting the next interval."""
+        rate = self.tokens / self.seconds
+        self.tokens, self.seconds = 0, 0.0
+        return rate
+
+
+def _apply_gradients(state: TrainingState, max_grad_norm: float) -> None:
+    """Clip the accumulated gradients, step the optimizer and the schedule, clear them."""
+    parameters = [p for group in state.optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+
+
+def _train_step(
+    run: _Run, state: TrainingState, group: Sequence[Sequence[int]]
+) -> tuple[Metrics, int]:
+    """One optimizer step over the micro-batches of ``group``, recorded in ``state``.
+
+    Returns the step's train metrics and the non-padding tokens its forward passes ran.
+    """
+    micro_batches = [[run.train_set[index] for index in batch] for batch in group]
+    step_tokens = sum(example.n_trained_tokens for batch in micro_batches for example in batch)
+    loss_sum, correct, computed = 0.0, 0, 0
+    for examples in micro_batches:
+        batch = collate(examples, run.tokenizer.pad_token_id)
+        terms = run.objective.loss_terms(run.model, batch)
+        # Dividing by the whole step's trained tokens weights every token equally.
+        (terms.loss_sum / step_tokens).backward()
+        loss_sum += terms.loss_sum.item()
+        correct += terms.correct
+        computed += int(batch["attention_mask"].sum())
+    learning_rate = state.scheduler.get_last_lr()[0]
+    _apply_gradients(state, run.hp.max_grad_norm)
+    state.record_step(len(group), step_tokens, loss_sum / step_tokens)
+    metrics = {
+        "train_loss": state.per_step_losses[-1],
+        "train_mean_token_accuracy": correct / step_tokens,
+        "learning_rate": learning_rate,
+    }
+    return metrics, computed
+
+
+@torch.no_grad()
+def _evaluate(run: _Run, examples: Sequence[EncodedExample]) -> tuple[float, float]:
+    """Token-weighted loss and accuracy over ``examples``; leaves the model in train mode."""
+    run.model.eval()
+    loss_sum, correct, n_tokens = 0.0, 0, 0
+    for start in range(0, len(examples), run.hp.batch_size):
+        batch = collate(examples[start : start + run.hp.batch_size], run.tokenizer.pad_token_id)
+        terms = run.objective.loss_terms(run.model, batch)
+        loss_sum += terms.loss_sum.item()
+        correct += terms.correct
+        n_tokens += terms.n_tokens
+    run.model.train()
+    return loss_sum / n_tokens, correct / n_tokens
+
+
+def _validate(run: _Run, state: TrainingState) -> tuple[Metrics, bool]:
+    """The periodic evaluation, kept as the best adapter when it improves; over the whole
+    validation set too when training ends here. Also says whether early stopping ends it."""
+    valid_loss, valid_accuracy = _evaluate(run, run.valid_set[:PERIODIC_EVAL_EXAMPLES])
+    metrics: Metrics = {"valid_loss": valid_loss, "valid_mean_token_accuracy": valid_accuracy}
+    if state.best.update(valid_loss, state.step) and run.hp.keep_best:
+        run.model.save_pretrained(run.best_dir)
+    patience = run.hp.early_stopping_patience or 0
+    stop_early = 0 < patience <= state.best.evals_since
+    if stop_early or state.step == state.total_steps:
+        full_loss, full_accuracy = _evaluate(run, run.valid_set)
+        metrics |= {"full_valid_loss": full_loss, "full_valid_mean_token_accuracy": full_accuracy}
+    return metrics, stop_early
+
+
+def _checkpoint(run: _Run, state: TrainingState, since: _Since) -> None:
+    """Save this step's checkpoint and hand it to the job, which persists it."""
+    directory = run.work_dir / f"checkpoint-{state.step}"
+    state.save(directory, run.model, run.best_dir, run.device)
+    since.checkpoint = state.step
+    run.hooks.on_checkpoint(state.step, directory, state.metrics)
+
+
+def _stop_if_requested(run: _Run, state: TrainingState, since: _Since) -> None:
+    """Raise TrainingStopped when the job asks; preempted, checkpoint any steps not yet saved."""
+    if reason := run.hooks.stop_requested():
+        if reason == "preempt" and state.step > since.checkpoint:
+            _checkpoint(run, state, since)
+        raise TrainingStopped(reason, state.step)
+
+
+def _train_epoch(run: _Run, state: TrainingState, since: _Since) -> bool:
+    """Train the state's epoch from its data position on; True when early stopping ends training."""
+    batches = make_batches(run.train_set, run.hp.batch_size, run.seed, state.epoch)
+    while state.batch_position < len(batches):
+        _stop_if_requested(run, state, since)
+        start = time.perf_counter()
+        end = state.batch_position + run.hp.gradient_accumulation_steps
+        train_metrics, computed = _train_step(run, state, batches[state.batch_position : end])
+        since.tokens += computed
+        since.seconds += time.perf_counter() - start
+        state.metrics = metrics = {
+            "step": state.step,
+            "total_steps": state.total_steps,
+            **train_metrics,
+            "epoch": state.epoch + state.batch_position / len(batches),
+        }
+        finished = state.step == state.total_steps
+        evaluated = bool(run.valid_set) and (state.step % run.eval_every == 0 or finished)
+        stop_early = False
+        if evaluated:
+            valid_metrics, stop_early = _validate(run, state)
+            metrics |= valid_metrics
+        if evaluated or finished or state.step % run.report_every == 0:
+            metrics["tokens_per_second"] = since.tokens_per_second()
+            run.hooks.on_metrics(metrics)
+        if stop_early and not finished:
+            best = state.best
+            run.hooks.on_phase(
+                f"Early stopping at step {state.step}: validation loss has not improved for "
+                f"{best.evals_since} evaluations (best {best.valid_loss:.4f} at step "
+                f"{best.step})"
+            )
+            return True
+        # The epoch's end checkpoints anyway.
+        mid_epoch = state.batch_position < len(batches)
+        if mid_epoch and run.hp.save_steps and state.step % run.hp.save_steps == 0:
+            _checkpoint(run, state, since)
+    return False
+
+
+def _save_final_adapter(run: _Run, state: TrainingState) -> TrainResult:
+    """The adapter (the best one when asked), with the tokenizer so that it serves alone."""
+    metrics, best = state.metrics, state.best
+    if run.hp.keep_best and run.best_dir.exists() and best.step != state.step:
+        _load_adapter(run.model, run.best_dir)
+        run.hooks.on_phase(
+            f"Keeping the best checkpoint: step {best.step} (validation loss {best.valid_loss:.4f})"
+        )
+        metrics = metrics | {"best_step": best.step, "best_valid_loss": best.valid_loss}
+    adapter_dir = run.work_dir / "adapter"
+    run.model.save_pretrained(adapter_dir)
+    run.tokenizer.save_pretrained(adapter_dir)
+    run.hooks.on_phase("Training finished")
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        trained_tokens=state.trained_tokens,
+        steps=state.step,
+        metrics=metrics,
+        per_step_losses=state.per_step_losses,
+    )
 
 
 def train(
@@ -259,214 +642,26 @@ def train(
     With the same seed, a run resumed from one of its checkpoints ends with the same adapter and
     per-step losses as an uninterrupted run (exactly so on CPU).
     """
-    # 1. Seeds and device.
-    _seed_everything(seed)
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    on_cuda = torch_device.type == "cuda"
-
-    # 2. Tokenizer and data, before the (possibly large) model, so bad data fails fast.
-    hooks.on_phase("Loading tokenizer")
-    tokenizer = _load(
-        "tokenizer", lambda: AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    run, state = _set_up(
+        model_path,
+        train_examples,
+        valid_examples,
+        hp,
+        seed,
+        work_dir,
+        hooks,
+        device,
+        gradient_checkpointing,
     )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    pad_id = tokenizer.pad_token_id
-    try:
-        train_set, n_dropped = encode_examples(tokenizer, train_examples, hp.max_seq_length)
-        valid_set = encode_examples(tokenizer, valid_examples or [], hp.max_seq_length)[0]
-    except ValueError as exc:
-        raise TrainingDataError(str(exc)) from exc
-    if not train_set:
-        raise TrainingDataError(
-            f"No training example has a trained token left within max_seq_length="
-            f"{hp.max_seq_length}: every assistant answer or completion was masked or truncated"
-        )
-    message = f"Tokenized {len(train_set)} training and {len(valid_set)} validation examples"
-    if n_dropped:
-        message += f"; dropped {n_dropped} with no trained token left after truncation"
-    hooks.on_phase(message)
-
-    # 3. Base model wrapped with a LoRA adapter.
-    hooks.on_phase("Loading base model")
-    model = _load(
-        "base model",
-        lambda: AutoModelForCausalLM.from_pretrained(
-            model_path, trust_remote_code=False, dtype=torch.bfloat16 if on_cuda else torch.float32
-        ),
-    )
-    if gradient_checkpointing:
-        model.activation_checkpointing_enable()
-    lora_config = LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules=hp.target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora_config).to(torch_device)
-    model.train()
-
-    # 4. Optimizer and schedule over optimizer steps (each accumulates several micro-batches).
-    accumulation = hp.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / hp.batch_size) / accumulation)
-    total_steps = hp.n_epochs * steps_per_epoch
-    warmup_steps = math.ceil(hp.warmup_ratio * total_steps)
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_schedule(warmup_steps, total_steps)
-    )
-    eval_every = hp.eval_steps or max(1, total_steps // EVALS_PER_RUN)
-    report_every = max(1, total_steps // METRIC_REPORTS_PER_RUN)
-
-    # 5. Resume: weights, optimizer, schedule, data position and RNG, so nothing diverges.
-    step, epoch, batch_position, trained_tokens = 0, 0, 0, 0
-    per_step_losses: list[float] = []
-    metrics: dict[str, float | int] = {}
-    # Early stopping and keep_best: the best periodic validation loss, and evals since it.
-    best: dict[str, float | int] = {"valid_loss": math.inf, "step": 0, "evals_since": 0}
-    best_dir = work_dir / "best"
-    hooks.on_phase(f"Training started: {total_steps} steps")
+    hooks.on_phase(f"Training started: {state.total_steps} steps")
     if resume_from is not None:
-        state, rng_state = _load_checkpoint(resume_from, model, optimizer, scheduler)
-        if state["total_steps"] != total_steps:
-            raise ValueError(
-                f"Checkpoint {resume_from} is from a run of {state['total_steps']} steps, "
-                f"this run has {total_steps}: data or hyperparameters changed"
-            )
-        step, epoch, batch_position = state["step"], state["epoch"], state["batch_position"]
-        trained_tokens, per_step_losses = state["trained_tokens"], state["per_step_losses"]
-        metrics, best = state["metrics"], state["best"]
-        if (resume_from / "best").exists():
-            shutil.copytree(resume_from / "best", best_dir, dirs_exist_ok=True)
-        _set_rng_state(rng_state, torch_device)
-        hooks.on_phase(f"Resumed from step {step}")
-    last_checkpoint_step = step
-
-    def checkpoint(step_metrics: dict[str, float | int]) -> None:
-        nonlocal last_checkpoint_step
-        directory = work_dir / f"checkpoint-{step}"
-        trainer_state = {
-            "step": step,
-            "total_steps": total_steps,
-            "epoch": epoch,
-            "batch_position": batch_position,
-            "trained_tokens": trained_tokens,
-            "per_step_losses": per_step_losses,
-            "metrics": step_metrics,
-            "best": best,
-        }
-        _save_checkpoint(directory, model, optimizer, scheduler, trainer_state, torch_device)
-        if best_dir.exists():
-            shutil.copytree(best_dir, directory / "best", dirs_exist_ok=True)
-        last_checkpoint_step = step
-        hooks.on_checkpoint(step, directory, step_metrics)
-
-    # 6. The loop: one optimizer step per group of `accumulation` micro-batches.
-    interval_tokens, interval_seconds = 0, 0.0  # time spent training, evals excluded
-    while epoch < hp.n_epochs:
-        batches = make_batches(train_set, hp.batch_size, seed, epoch)
-        while batch_position < len(batches):
-            if reason := hooks.stop_requested():
-                if reason == "preempt" and step > last_checkpoint_step:
-                    checkpoint(metrics)
-                raise TrainingStopped(reason, step)
-            step_start = time.perf_counter()
-            group = batches[batch_position : batch_position + accumulation]
-            step_tokens = sum(
-                train_set[index].n_trained_tokens for batch in group for index in batch
-            )
-            step_loss, step_correct = 0.0, 0
-            for batch in group:
-                collated = collate([train_set[index] for index in batch], pad_id)
-                loss_sum, correct, _ = loss_terms(model, collated, torch_device)
-                # Dividing by the whole step's trained tokens weights every token equally.
-                (loss_sum / step_tokens).backward()
-                step_loss += loss_sum.item()
-                step_correct += correct
-                interval_tokens += int(collated["attention_mask"].sum())
-            torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
-            learning_rate = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            interval_seconds += time.perf_counter() - step_start
-            step += 1
-            batch_position += len(group)
-            trained_tokens += step_tokens
-            per_step_losses.append(step_loss / step_tokens)
-
-            is_last = step == total_steps
-            metrics = {
-                "step": step,
-                "total_steps": total_steps,
-                "train_loss": per_step_losses[-1],
-                "train_mean_token_accuracy": step_correct / step_tokens,
-                "learning_rate": learning_rate,
-                "epoch": epoch + batch_position / len(batches),
-            }
-            evaluated = bool(valid_set) and (step % eval_every == 0 or is_last)
-            if evaluated:
-                valid_loss, valid_accuracy = _evaluate(
-                    model, valid_set[:PERIODIC_EVAL_EXAMPLES], hp.batch_size, pad_id, torch_device
-                )
-                metrics |= {"valid_loss": valid_loss, "valid_mean_token_accuracy": valid_accuracy}
-                if valid_loss < best["valid_loss"]:
-                    best = {"valid_loss": valid_loss, "step": step, "evals_since": 0}
-                    if hp.keep_best:
-                        model.save_pretrained(best_dir)
-                else:
-                    best["evals_since"] += 1
-                stop_early = bool(hp.early_stopping_patience) and (
-                    best["evals_since"] >= (hp.early_stopping_patience or 0)
-                )
-                is_last = is_last or stop_early
-            if valid_set and is_last:
-                full_loss, full_accuracy = _evaluate(
-                    model, valid_set, hp.batch_size, pad_id, torch_device
-                )
-                metrics |= {
-                    "full_valid_loss": full_loss,
-                    "full_valid_mean_token_accuracy": full_accuracy,
-                }
-            if step % report_every == 0 or is_last or evaluated:
-                metrics["tokens_per_second"] = interval_tokens / interval_seconds
-                hooks.on_metrics(metrics)
-                interval_tokens, interval_seconds = 0, 0.0
-            if is_last and step < total_steps:
-                hooks.on_phase(
-                    f"Early stopping at step {step}: validation loss has not improved for "
-                    f"{best['evals_since']} evaluations (best {best['valid_loss']:.4f} at step "
-                    f"{best['step']})"
-                )
-                break
-            if batch_position < len(batches) and hp.save_steps and step % hp.save_steps == 0:
-                checkpoint(metrics)
-        else:
-            epoch, batch_position = epoch + 1, 0
-            hooks.on_phase(f"Epoch {epoch}/{hp.n_epochs} done")
-            checkpoint(metrics)
-            continue
-        break
-
-    # 7. The final adapter (the best one when asked), with the tokenizer so it serves alone.
-    if hp.keep_best and best_dir.exists() and best["step"] != step:
-        set_peft_model_state_dict(model, load_file(best_dir / "adapter_model.safetensors"))
-        hooks.on_phase(
-            f"Keeping the best checkpoint: step {best['step']} "
-            f"(validation loss {best['valid_loss']:.4f})"
-        )
-        metrics = metrics | {"best_step": best["step"], "best_valid_loss": best["valid_loss"]}
-    adapter_dir = work_dir / "adapter"
-    model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
-    hooks.on_phase("Training finished")
-    return TrainResult(
-        adapter_dir=adapter_dir,
-        trained_tokens=trained_tokens,
-        steps=step,
-        metrics=metrics,
-        per_step_losses=per_step_losses,
-    )
+        state.load(resume_from, run.model, run.best_dir, run.device)
+        hooks.on_phase(f"Resumed from step {state.step}")
+    since = _Since(checkpoint=state.step)
+    while state.epoch < hp.n_epochs:
+        if _train_epoch(run, state, since):
+            break
+        state.epoch, state.batch_position = state.epoch + 1, 0
+        hooks.on_phase(f"Epoch {state.epoch}/{hp.n_epochs} done")
+        _checkpoint(run, state, since)
+    return _save_final_adapter(run, state)
