@@ -99,7 +99,7 @@ def main() -> int:
         with Client(url, api_key) as ftaas:
             train = ftaas.files.upload(EXAMPLES / "demo_train.jsonl")
             valid = ftaas.files.upload(EXAMPLES / "demo_valid.jsonl")
-            job = ftaas.jobs.create(
+            job = ftaas.fine_tuning.jobs.create(
                 "tiny-chat",
                 train.id,
                 validation_file=valid.id,
@@ -108,11 +108,11 @@ def main() -> int:
                 seed=42,
             )
             print(f"Created {job.id}; training on {train.filename}:")
-            job = ftaas.jobs.wait(job.id, timeout=600, progress=True)
+            job = ftaas.fine_tuning.jobs.wait(job.id, timeout=600, progress=True)
             if job.status != "succeeded":
                 print(f"The job {job.status}: {job.error}")
                 return 1
-            adapter = ftaas.jobs.download_adapter(job.id, ROOT / "adapter")
+            adapter = ftaas.fine_tuning.jobs.download_adapter(job.id, ROOT / "adapter")
         print(f"\n{job.fine_tuned_model}: adapter downloaded to {adapter}\n")
         return show_before_and_after(model_dir, adapter, chat_answers)
     finally:

@@ -1,26 +1,33 @@
-"""``Client`` and ``AsyncClient``: settings plus the resource tree (files, jobs, models,
-webhooks)."""
+"""``Client`` and ``AsyncClient``: settings plus the resource tree (``files``,
+``fine_tuning.jobs``, ``models``, ``webhooks``), the same tree on either executor."""
 
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Generic
 
 import httpx2
 
 from ftaas._http import AsyncHTTP, Settings, SyncHTTP
-from ftaas.resources import (
-    AsyncFiles,
-    AsyncJobs,
-    AsyncModels,
-    AsyncWebhooks,
-    Files,
-    Jobs,
-    Models,
-    Webhooks,
-)
+from ftaas.resources import Files, FineTuning, H, Models, Webhooks
 
 
-class Client:
+class _Tree(Generic[H]):
+    """The resources at the root, shared by both clients; ``http`` says how they run."""
+
+    def __init__(self, http: H) -> None:
+        self._http: H = http
+        self.files = Files(http)
+        self.fine_tuning = FineTuning(http)
+        self.models = Models(http)
+        self.webhooks = Webhooks(http)
+
+    @property
+    def base_url(self) -> str:
+        return self._http.settings.base_url
+
+
+class Client(_Tree[SyncHTTP]):
     """A blocking ftaas client; a context manager that closes its connections on exit.
 
     ``base_url`` is the server root (``http://host:8000``, ``/v1`` optional) and defaults to
@@ -38,17 +45,8 @@ class Client:
         http_client: httpx2.Client | None = None,
         transport: httpx2.BaseTransport | None = None,
     ) -> None:
-        self._http = SyncHTTP(
-            Settings.resolve(base_url, api_key, timeout, max_retries), http_client, transport
-        )
-        self.files = Files(self._http)
-        self.jobs = Jobs(self._http)
-        self.models = Models(self._http)
-        self.webhooks = Webhooks(self._http)
-
-    @property
-    def base_url(self) -> str:
-        return self._http.settings.base_url
+        settings = Settings.resolve(base_url, api_key, timeout, max_retries)
+        super().__init__(SyncHTTP(settings, http_client, transport))
 
     def close(self) -> None:
         """Close the connections (not those of an ``http_client`` passed in)."""
@@ -66,7 +64,7 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Tree[AsyncHTTP]):
     """``Client`` with awaitable methods; an async context manager."""
 
     def __init__(
@@ -79,17 +77,8 @@ class AsyncClient:
         http_client: httpx2.AsyncClient | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
-        self._http = AsyncHTTP(
-            Settings.resolve(base_url, api_key, timeout, max_retries), http_client, transport
-        )
-        self.files = AsyncFiles(self._http)
-        self.jobs = AsyncJobs(self._http)
-        self.models = AsyncModels(self._http)
-        self.webhooks = AsyncWebhooks(self._http)
-
-    @property
-    def base_url(self) -> str:
-        return self._http.settings.base_url
+        settings = Settings.resolve(base_url, api_key, timeout, max_retries)
+        super().__init__(AsyncHTTP(settings, http_client, transport))
 
     async def close(self) -> None:
         """Close the connections (not those of an ``http_client`` passed in)."""

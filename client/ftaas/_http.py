@@ -1,5 +1,9 @@
-"""HTTP plumbing shared by ``Client`` and ``AsyncClient``: settings, request building, retries
-and error mapping. Only the small send loop exists twice, once blocking and once awaiting.
+"""HTTP plumbing shared by ``Client`` and ``AsyncClient``: settings, request building, retries,
+error mapping, and the two executors that carry out the resources' operations.
+
+A resource method is written once, as an operation: a generator that yields effects (a ``Call``
+to send, a ``Sleep``, a ``Download``) and returns its result. ``SyncHTTP`` carries the effects
+out blocking, ``AsyncHTTP`` awaiting them; only these small loops and the send loop exist twice.
 
 The HTTP client is httpx2: the maintained successor of httpx with the same API, and what the
 openai SDK and Starlette's TestClient now use, so an ftaas user who also has openai installed
@@ -14,15 +18,16 @@ import dataclasses
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
+from contextlib import asynccontextmanager, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 import httpx2
 from pydantic import BaseModel
 
+from ftaas._download import AdapterDownload
 from ftaas.errors import (
     APIConnectionError,
     APIStatusError,
@@ -30,9 +35,11 @@ from ftaas.errors import (
     FtaasError,
     status_error_class,
 )
-from ftaas.types import ErrorBody, Page
+from ftaas.pagination import AsyncPage, SyncPage
+from ftaas.types import ErrorBody
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 INITIAL_DELAY = 0.5
@@ -105,6 +112,72 @@ class Call:
 
     def after(self, cursor: str) -> Call:
         return dataclasses.replace(self, params={**self.params, "after": cursor})
+
+
+@dataclass(frozen=True)
+class Listing(Generic[M]):
+    """A list endpoint: the request for a page and the type of its items. An executor answers
+    it with its own page type, which fetches the next pages when iterated."""
+
+    call: Call
+    item: type[M]
+
+    def after(self, cursor: str) -> Listing[M]:
+        return Listing(self.call.after(cursor), self.item)
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait between polls; the executor sleeps with ``sleep`` or ``async_sleep``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Download:
+    """Stream an adapter archive into ``dest``, verify it and unpack it; answered with the
+    adapter directory. An effect of its own because the streaming is blocking or awaited."""
+
+    call: Call
+    dest: Path
+
+
+@dataclass(frozen=True)
+class Emit(Generic[T]):
+    """Hand ``item`` to the caller of a streamed method, then carry on."""
+
+    item: T
+
+
+# What an operation yields; each is answered with: the response (read), None, the directory.
+Effect = Call | Sleep | Download
+Op = Generator[Effect, Any, T]  # an operation that returns a T
+Stream = Generator[Effect | Emit[T], Any, None]  # one that emits Ts as it goes
+
+
+class Steps(Generic[T]):
+    """An operation in progress: ``effect`` is what it waits on, until it is ``done`` with a
+    ``result``. An effect's error is raised inside the operation, where it yielded."""
+
+    result: T
+
+    def __init__(self, op: Generator[Any, Any, T]) -> None:
+        self._op = op
+        self.done = False
+        self.effect: Any = None
+        self.send(None)
+
+    def send(self, value: Any) -> None:
+        self._resume(self._op.send, value)
+
+    def throw(self, error: Exception) -> None:
+        self._resume(self._op.throw, error)
+
+    def _resume(self, step: Callable[[Any], Any], value: Any) -> None:
+        try:
+            self.effect = step(value)
+        except StopIteration as stop:
+            self.done, self.result = True, stop.value
 
 
 def status_error(response: httpx2.Response) -> APIStatusError:
@@ -188,6 +261,8 @@ def _follow(call: Call) -> bool:
 
 
 class SyncHTTP(BaseHTTP):
+    """Sends calls and carries out operations blocking: ``Client``'s executor."""
+
     def __init__(
         self,
         settings: Settings,
@@ -221,9 +296,6 @@ class SyncHTTP(BaseHTTP):
             sleep(self._delay_or_raise(call, attempt, outcome))
             attempt += 1
 
-    def request(self, call: Call, model: type[M]) -> M:
-        return model.model_validate_json(self.send(call).content)
-
     @contextmanager
     def stream(self, call: Call) -> Iterator[httpx2.Response]:
         response = self.send(call, stream=True)
@@ -232,17 +304,57 @@ class SyncHTTP(BaseHTTP):
         finally:
             response.close()
 
-    def iterate(self, call: Call, item: type[M]) -> Iterator[M]:
-        """Every item of a list endpoint, fetching the next page (``after``) when needed."""
-        while True:
-            page = self.request(call, Page[item])  # type: ignore[valid-type]
-            yield from page.data
-            if not page.has_more or page.last_id is None:
-                return
-            call = call.after(page.last_id)
+    def run(self, op: Op[T]) -> T:
+        """Carry out an operation and return its result."""
+        steps = Steps(op)
+        with closing(op):
+            while not steps.done:
+                self._advance(steps)
+        return steps.result
+
+    def iterate(self, stream: Stream[T]) -> Iterator[T]:
+        """Carry out a streamed operation, yielding each item as it is emitted."""
+        steps = Steps(stream)
+        with closing(stream):
+            while not steps.done:
+                if isinstance(steps.effect, Emit):
+                    yield steps.effect.item
+                    steps.send(None)
+                else:
+                    self._advance(steps)
+
+    def page(self, listing: Listing[M]) -> SyncPage[M]:
+        response = self.send(listing.call)
+        parse = SyncPage[listing.item]  # type: ignore[name-defined]  # a type known at run time
+        page = parse.model_validate_json(response.content)
+        page._after = lambda cursor: self.page(listing.after(cursor))
+        return page
+
+    def _advance(self, steps: Steps[Any]) -> None:
+        try:
+            value = self._perform(steps.effect)
+        except Exception as exc:
+            steps.throw(exc)
+        else:
+            steps.send(value)
+
+    def _perform(self, effect: Effect) -> Any:
+        if isinstance(effect, Call):
+            return self.send(effect)
+        if isinstance(effect, Sleep):
+            return sleep(effect.seconds)
+        with (
+            self.stream(effect.call) as response,
+            AdapterDownload(effect.dest, response) as download,
+        ):
+            for chunk in response.iter_bytes():
+                download.write(chunk)
+        return download.unpack()
 
 
 class AsyncHTTP(BaseHTTP):
+    """Sends calls and carries out operations awaiting: ``AsyncClient``'s executor."""
+
     def __init__(
         self,
         settings: Settings,
@@ -278,9 +390,6 @@ class AsyncHTTP(BaseHTTP):
             await async_sleep(self._delay_or_raise(call, attempt, outcome))
             attempt += 1
 
-    async def request(self, call: Call, model: type[M]) -> M:
-        return model.model_validate_json((await self.send(call)).content)
-
     @asynccontextmanager
     async def stream(self, call: Call) -> AsyncIterator[httpx2.Response]:
         response = await self.send(call, stream=True)
@@ -289,12 +398,47 @@ class AsyncHTTP(BaseHTTP):
         finally:
             await response.aclose()
 
-    async def iterate(self, call: Call, item: type[M]) -> AsyncIterator[M]:
-        """Every item of a list endpoint, fetching the next page (``after``) when needed."""
-        while True:
-            page = await self.request(call, Page[item])  # type: ignore[valid-type]
-            for entry in page.data:
-                yield entry
-            if not page.has_more or page.last_id is None:
-                return
-            call = call.after(page.last_id)
+    async def run(self, op: Op[T]) -> T:
+        """Carry out an operation and return its result."""
+        steps = Steps(op)
+        with closing(op):
+            while not steps.done:
+                await self._advance(steps)
+        return steps.result
+
+    async def iterate(self, stream: Stream[T]) -> AsyncIterator[T]:
+        """Carry out a streamed operation, yielding each item as it is emitted."""
+        steps = Steps(stream)
+        with closing(stream):
+            while not steps.done:
+                if isinstance(steps.effect, Emit):
+                    yield steps.effect.item
+                    steps.send(None)
+                else:
+                    await self._advance(steps)
+
+    async def page(self, listing: Listing[M]) -> AsyncPage[M]:
+        response = await self.send(listing.call)
+        parse = AsyncPage[listing.item]  # type: ignore[name-defined]  # a type known at run time
+        page = parse.model_validate_json(response.content)
+        page._after = lambda cursor: self.page(listing.after(cursor))
+        return page
+
+    async def _advance(self, steps: Steps[Any]) -> None:
+        try:
+            value = await self._perform(steps.effect)
+        except Exception as exc:
+            steps.throw(exc)
+        else:
+            steps.send(value)
+
+    async def _perform(self, effect: Effect) -> Any:
+        if isinstance(effect, Call):
+            return await self.send(effect)
+        if isinstance(effect, Sleep):
+            return await async_sleep(effect.seconds)
+        async with self.stream(effect.call) as response:
+            with AdapterDownload(effect.dest, response) as download:
+                async for chunk in response.aiter_bytes():
+                    download.write(chunk)
+        return await asyncio.to_thread(download.unpack)

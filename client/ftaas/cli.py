@@ -156,7 +156,7 @@ def _files_upload(client: Client, args: argparse.Namespace) -> None:
 
 
 def _files_list(client: Client, args: argparse.Namespace) -> None:
-    files: list[FileObject] = client.files.list()
+    files: list[FileObject] = list(client.files.list())
     _emit(args, files, _table(files, FILE_COLUMNS))
 
 
@@ -171,7 +171,7 @@ def _files_report(client: Client, args: argparse.Namespace) -> None:
 
 
 def _jobs_create(client: Client, args: argparse.Namespace) -> None:
-    job = client.jobs.create(
+    job = client.fine_tuning.jobs.create(
         args.model,
         args.training_file,
         validation_file=args.validation_file,
@@ -184,28 +184,28 @@ def _jobs_create(client: Client, args: argparse.Namespace) -> None:
 
 def _jobs_list(client: Client, args: argparse.Namespace) -> None:
     jobs: list[FineTuningJob] = list(
-        itertools.islice(client.jobs.list(limit=min(args.limit, 100)), args.limit)
+        itertools.islice(client.fine_tuning.jobs.list(limit=min(args.limit, 100)), args.limit)
     )
     _emit(args, jobs, _table(jobs, JOB_COLUMNS))
 
 
 def _jobs_get(client: Client, args: argparse.Namespace) -> None:
-    job = client.jobs.get(args.job_id)
+    job = client.fine_tuning.jobs.get(args.job_id)
     _emit(args, job, _record(job, JOB_FIELDS))
 
 
 def _jobs_cancel(client: Client, args: argparse.Namespace) -> None:
-    job = client.jobs.cancel(args.job_id)
+    job = client.fine_tuning.jobs.cancel(args.job_id)
     _emit(args, job, _record(job, JOB_FIELDS))
 
 
 def _jobs_events(client: Client, args: argparse.Namespace) -> None:
-    events: list[JobEvent] = client.jobs.events(args.job_id)
+    events: list[JobEvent] = list(client.fine_tuning.jobs.events.list(args.job_id))
     _emit(args, events, _table(events, EVENT_COLUMNS))
 
 
 def _jobs_wait(client: Client, args: argparse.Namespace) -> None:
-    job = client.jobs.wait(
+    job = client.fine_tuning.jobs.wait(
         args.job_id,
         timeout=args.timeout,
         poll_interval=args.poll_interval,
@@ -218,7 +218,9 @@ def _jobs_wait(client: Client, args: argparse.Namespace) -> None:
 
 
 def _jobs_download(client: Client, args: argparse.Namespace) -> None:
-    path = client.jobs.download_adapter(args.job_id, args.dest, checkpoint=args.checkpoint)
+    path = client.fine_tuning.jobs.download_adapter(
+        args.job_id, args.dest, checkpoint=args.checkpoint
+    )
     print(json.dumps({"path": str(path)}) if args.json else path)
 
 

@@ -1,28 +1,44 @@
-"""The resource tree, mirroring the URLs: ``files``, ``jobs``, ``models``, ``webhooks``.
+"""The resource tree, mirroring the URLs as openai-python does: ``files``, ``fine_tuning.jobs``
+(with ``.events`` and ``.checkpoints``), ``models`` and ``webhooks`` (with ``.deliveries``).
 
-Each request is described once (the ``_*_call`` functions and the helpers below); the sync and
-async resources are thin twins that send it with their client and parse the answer.
+Each resource is written once for both clients. A method describes its work as an operation (a
+generator of ``Call``, ``Sleep`` and ``Download`` effects that returns the result) or, for a
+list, as a ``Listing``; ``Client``'s ``SyncHTTP`` carries it out blocking and ``AsyncClient``'s
+``AsyncHTTP`` awaiting. The decorators ``method``, ``paged`` and ``streamed`` say which, and
+give each method its type on either client.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
+import functools
 import os
 import time
+import types
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import aclosing, closing
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, cast, overload
 from urllib.parse import quote
 
+from pydantic import BaseModel
 from tqdm import tqdm
 
-from ftaas import _http
-from ftaas._download import AdapterDownload
-from ftaas._http import AsyncHTTP, Call, SyncHTTP, Upload
+from ftaas._http import (
+    AsyncHTTP,
+    Call,
+    Download,
+    Emit,
+    Listing,
+    Op,
+    Sleep,
+    Stream,
+    SyncHTTP,
+    Upload,
+)
 from ftaas.errors import WaitTimeoutError
+from ftaas.pagination import AsyncPage, SyncPage
 from ftaas.types import (
     Checkpoint,
     FileDeleted,
@@ -41,14 +57,90 @@ from ftaas.types import (
 FileSource = str | os.PathLike[str] | bytes
 JOBS = "/v1/fine_tuning/jobs"
 EVENTS_PAGE = 1000  # the API's maximum: a long job's history in few requests
-CHECKPOINTS_PAGE = 100
+CHECKPOINTS_PAGE = 100  # the API's maximum
 METRICS_WINDOW = 50  # newest events searched for the latest metrics when showing progress
 WEBHOOKS = "/v1/webhooks"
+
+H = TypeVar("H", bound=SyncHTTP | AsyncHTTP)  # the executor: the client a resource belongs to
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+P = ParamSpec("P")
+S = TypeVar("S")  # what a method returns on Client
+A = TypeVar("A")  # what it returns on AsyncClient
+
+
+class Resource(Generic[H]):
+    """A node of the tree; its methods run on ``http``, the client's executor."""
+
+    def __init__(self, http: H) -> None:
+        self._http: H = http
+
+
+class _Verb(Generic[P, S, A]):
+    """A resource method written once: ``describe`` says what to do, and the executor's method
+    named ``execute`` does it, which makes it blocking on ``Client`` and awaitable (or async
+    iterable) on ``AsyncClient``."""
+
+    def __init__(self, describe: Callable[..., Any], execute: str) -> None:
+        def run(resource: Resource[Any], /, *args: Any, **kwargs: Any) -> Any:
+            return getattr(resource._http, execute)(describe(resource, *args, **kwargs))
+
+        self._run = functools.update_wrapper(run, describe)
+        functools.update_wrapper(cast(Any, self), describe)  # help() shows describe's doc
+
+    @overload
+    def __get__(self, resource: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(
+        self, resource: Resource[SyncHTTP], owner: type[Any] | None = None
+    ) -> Callable[P, S]: ...
+    @overload
+    def __get__(
+        self, resource: Resource[AsyncHTTP], owner: type[Any] | None = None
+    ) -> Callable[P, A]: ...
+    def __get__(self, resource: Resource[Any] | None, owner: type[Any] | None = None) -> Any:
+        return self if resource is None else types.MethodType(self._run, resource)
+
+
+def method(
+    describe: Callable[Concatenate[Any, P], Op[T]],
+) -> _Verb[P, T, Coroutine[Any, Any, T]]:
+    """A method that carries out an operation and returns its result."""
+    return _Verb(describe, "run")
+
+
+def paged(
+    describe: Callable[Concatenate[Any, P], Listing[M]],
+) -> _Verb[P, SyncPage[M], Coroutine[Any, Any, AsyncPage[M]]]:
+    """A list method: it returns the first page, which pages on when iterated."""
+    return _Verb(describe, "page")
+
+
+def streamed(
+    describe: Callable[Concatenate[Any, P], Stream[T]],
+) -> _Verb[P, Iterator[T], AsyncIterator[T]]:
+    """A method whose items arrive over time: an iterator (``async for`` on ``AsyncClient``)."""
+    return _Verb(describe, "iterate")
+
+
+# -- requests, described once ----------------------------------------------------------------
 
 
 def _id(value: str) -> str:
     """An id as one URL path segment, whatever it contains."""
     return quote(value, safe="")
+
+
+def _fetch(call: Call, model: type[M]) -> Op[M]:
+    """One request, its answer parsed as ``model``."""
+    response = yield call
+    return model.model_validate_json(response.content)
+
+
+def _job(job_id: str, action: str = "") -> Op[FineTuningJob]:
+    """The job, read (no ``action``) or after a ``cancel``, ``pause`` or ``resume``."""
+    path = f"{JOBS}/{_id(job_id)}"
+    return _fetch(Call("POST", f"{path}/{action}") if action else Call("GET", path), FineTuningJob)
 
 
 def _upload_call(source: FileSource, purpose: str, filename: str | None) -> Call:
@@ -97,19 +189,24 @@ def _create_job_call(
     return Call("POST", JOBS, json=body, headers={"Idempotency-Key": key})
 
 
-def _events_call(job_id: str, limit: int) -> Call:
-    return Call("GET", f"{JOBS}/{_id(job_id)}/events", params={"limit": limit})
+def _events_call(job_id: str, limit: int, after: str | None = None) -> Call:
+    params = {"limit": limit, "after": after}
+    return Call("GET", f"{JOBS}/{_id(job_id)}/events", params=params)
 
 
-def _create_webhook_call(url: str, events: Iterable[str] | None) -> Call:
-    body: dict[str, Any] = {"url": url}
-    if events is not None:
-        body["events"] = builtins.list(events)
-    return Call("POST", WEBHOOKS, json=body)
-
-
-def _deliveries_call(endpoint_id: str, limit: int) -> Call:
-    return Call("GET", f"{WEBHOOKS}/{_id(endpoint_id)}/deliveries", params={"limit": limit})
+def _events_since(job_id: str, seen: str | None) -> Op[builtins.list[JobEvent]]:
+    """The job's events newer than the event ``seen`` (all without one), newest first."""
+    call = _events_call(job_id, EVENTS_PAGE)
+    fresh: builtins.list[JobEvent] = []
+    while True:
+        page = yield from _fetch(call, Page[JobEvent])
+        for event in page.data:
+            if event.id == seen:
+                return fresh
+            fresh.append(event)
+        if not page.has_more or page.last_id is None:
+            return fresh
+        call = call.after(page.last_id)
 
 
 def _adapter_call(job_id: str, checkpoint: str | None) -> Call:
@@ -117,6 +214,13 @@ def _adapter_call(job_id: str, checkpoint: str | None) -> Call:
     if checkpoint is not None:
         path += f"/checkpoints/{_id(checkpoint)}"
     return Call("GET", f"{path}/adapter")
+
+
+def _create_webhook_call(url: str, events: Iterable[str] | None) -> Call:
+    body: dict[str, Any] = {"url": url}
+    if events is not None:
+        body["events"] = builtins.list(events)
+    return Call("POST", WEBHOOKS, json=body)
 
 
 class _Deadline:
@@ -160,49 +264,100 @@ class _JobProgress:
         self.bar.close()
 
 
-# -- sync ------------------------------------------------------------------------------------
+# -- the tree --------------------------------------------------------------------------------
 
 
-class Files:
-    def __init__(self, http: SyncHTTP) -> None:
-        self._http = http
+class Files(Resource[H]):
+    """``/v1/files``: the datasets jobs train on."""
 
+    @method
     def upload(
         self, source: FileSource, purpose: str = "fine-tune", filename: str | None = None
-    ) -> FileObject:
+    ) -> Op[FileObject]:
         """Upload a JSONL dataset from a path (streamed from disk) or from bytes."""
-        return self._http.request(_upload_call(source, purpose, filename), FileObject)
+        return _fetch(_upload_call(source, purpose, filename), FileObject)
 
-    def list(self, purpose: str | None = None) -> builtins.list[FileObject]:
-        call = Call("GET", "/v1/files", params={"purpose": purpose})
-        return builtins.list(self._http.iterate(call, FileObject))
+    @paged
+    def list(
+        self, purpose: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> Listing[FileObject]:
+        """The tenant's files, newest first."""
+        params = {"purpose": purpose, "limit": limit, "after": after}
+        return Listing(Call("GET", "/v1/files", params=params), FileObject)
 
-    def get(self, file_id: str) -> FileObject:
-        return self._http.request(Call("GET", f"/v1/files/{_id(file_id)}"), FileObject)
+    @method
+    def get(self, file_id: str) -> Op[FileObject]:
+        return _fetch(Call("GET", f"/v1/files/{_id(file_id)}"), FileObject)
 
-    def content(self, file_id: str) -> bytes:
-        return self._http.send(Call("GET", f"/v1/files/{_id(file_id)}/content")).content
+    @method
+    def content(self, file_id: str) -> Op[bytes]:
+        response = yield Call("GET", f"/v1/files/{_id(file_id)}/content")
+        return response.content
 
-    def delete(self, file_id: str) -> FileDeleted:
-        return self._http.request(Call("DELETE", f"/v1/files/{_id(file_id)}"), FileDeleted)
+    @method
+    def delete(self, file_id: str) -> Op[FileDeleted]:
+        return _fetch(Call("DELETE", f"/v1/files/{_id(file_id)}"), FileDeleted)
 
+    @method
     def report(
         self,
         file_id: str,
         model: str,
         max_seq_length: int = 2048,
         validation_file: str | None = None,
-    ) -> FileReport:
+    ) -> Op[FileReport]:
         """A dry run with ``model``'s tokenizer: errors, token counts, truncation, duplicates,
         validation overlap and a preview, before a job spends GPU time on the file."""
         call = _report_call(file_id, model, max_seq_length, validation_file)
-        return self._http.request(call, FileReport)
+        return _fetch(call, FileReport)
 
 
-class Jobs:
-    def __init__(self, http: SyncHTTP) -> None:
-        self._http = http
+class JobEvents(Resource[H]):
+    """``/v1/fine_tuning/jobs/{id}/events``: a job's log."""
 
+    @paged
+    def list(
+        self, job_id: str, limit: int = EVENTS_PAGE, after: str | None = None
+    ) -> Listing[JobEvent]:
+        """The job's events, newest first as the API gives them."""
+        return Listing(_events_call(job_id, limit, after), JobEvent)
+
+    @streamed
+    def stream(self, job_id: str, poll_interval: float = 1.0) -> Stream[JobEvent]:
+        """Events oldest first as they appear (the history first), until the job has finished."""
+        seen: str | None = None
+        while True:
+            job = yield from _job(job_id)  # read before the events, so none is missed at the end
+            fresh = yield from _events_since(job_id, seen)
+            for event in reversed(fresh):
+                yield Emit(event)
+            seen = fresh[0].id if fresh else seen
+            if job.done:
+                return
+            yield Sleep(poll_interval)
+
+
+class Checkpoints(Resource[H]):
+    """``/v1/fine_tuning/jobs/{id}/checkpoints``: the adapters a job saved along the way."""
+
+    @paged
+    def list(
+        self, job_id: str, limit: int = CHECKPOINTS_PAGE, after: str | None = None
+    ) -> Listing[Checkpoint]:
+        """The job's checkpoints, newest first."""
+        params = {"limit": limit, "after": after}
+        return Listing(Call("GET", f"{JOBS}/{_id(job_id)}/checkpoints", params=params), Checkpoint)
+
+
+class Jobs(Resource[H]):
+    """``/v1/fine_tuning/jobs``, with its sub-collections ``events`` and ``checkpoints``."""
+
+    def __init__(self, http: H) -> None:
+        super().__init__(http)
+        self.events = JobEvents(http)
+        self.checkpoints = Checkpoints(http)
+
+    @method
     def create(
         self,
         model: str,
@@ -213,7 +368,7 @@ class Jobs:
         seed: int | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
-    ) -> FineTuningJob:
+    ) -> Op[FineTuningJob]:
         """Create a job; retried safely under ``idempotency_key`` (a fresh uuid4 by default)."""
         call = _create_job_call(
             model,
@@ -225,289 +380,112 @@ class Jobs:
             metadata,
             idempotency_key,
         )
-        return self._http.request(call, FineTuningJob)
+        return _fetch(call, FineTuningJob)
 
-    def get(self, job_id: str) -> FineTuningJob:
-        return self._http.request(Call("GET", f"{JOBS}/{_id(job_id)}"), FineTuningJob)
+    @paged
+    def list(self, limit: int = 20, after: str | None = None) -> Listing[FineTuningJob]:
+        """The tenant's jobs, newest first, ``limit`` a page."""
+        return Listing(Call("GET", JOBS, params={"limit": limit, "after": after}), FineTuningJob)
 
-    def list(self, limit: int = 20) -> Iterator[FineTuningJob]:
-        """Every job, newest first, fetched ``limit`` at a time."""
-        return self._http.iterate(Call("GET", JOBS, params={"limit": limit}), FineTuningJob)
+    @method
+    def get(self, job_id: str) -> Op[FineTuningJob]:
+        return _job(job_id)
 
-    def cancel(self, job_id: str) -> FineTuningJob:
-        return self._http.request(Call("POST", f"{JOBS}/{_id(job_id)}/cancel"), FineTuningJob)
+    @method
+    def cancel(self, job_id: str) -> Op[FineTuningJob]:
+        return _job(job_id, "cancel")
 
-    def pause(self, job_id: str) -> FineTuningJob:
-        return self._http.request(Call("POST", f"{JOBS}/{_id(job_id)}/pause"), FineTuningJob)
+    @method
+    def pause(self, job_id: str) -> Op[FineTuningJob]:
+        """Stop training at the next checkpoint; ``resume`` carries on from it."""
+        return _job(job_id, "pause")
 
-    def resume(self, job_id: str) -> FineTuningJob:
-        return self._http.request(Call("POST", f"{JOBS}/{_id(job_id)}/resume"), FineTuningJob)
+    @method
+    def resume(self, job_id: str) -> Op[FineTuningJob]:
+        return _job(job_id, "resume")
 
-    def manifest(self, job_id: str) -> Manifest:
-        return self._http.request(Call("GET", f"{JOBS}/{_id(job_id)}/manifest"), Manifest)
+    @method
+    def manifest(self, job_id: str) -> Op[Manifest]:
+        """What a finished job trained on and with: enough to reproduce its adapter."""
+        return _fetch(Call("GET", f"{JOBS}/{_id(job_id)}/manifest"), Manifest)
 
-    def events(self, job_id: str) -> builtins.list[JobEvent]:
-        """The job's whole event log, newest first as the API gives it."""
-        return builtins.list(self._http.iterate(_events_call(job_id, EVENTS_PAGE), JobEvent))
-
-    def stream_events(self, job_id: str, poll_interval: float = 1.0) -> Iterator[JobEvent]:
-        """Events oldest first as they appear (the history first), until the job has finished."""
-        last_seen: str | None = None
-        while True:
-            done = self.get(job_id).done  # read before the events, so none is missed at the end
-            fresh: builtins.list[JobEvent] = []
-            for event in self._http.iterate(_events_call(job_id, EVENTS_PAGE), JobEvent):
-                if event.id == last_seen:
-                    break
-                fresh.append(event)
-            yield from reversed(fresh)
-            last_seen = fresh[0].id if fresh else last_seen
-            if done:
-                return
-            _http.sleep(poll_interval)
-
-    def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
-        call = Call("GET", f"{JOBS}/{_id(job_id)}/checkpoints", params={"limit": CHECKPOINTS_PAGE})
-        return builtins.list(self._http.iterate(call, Checkpoint))
-
+    @method
     def wait(
         self,
         job_id: str,
         timeout: float | None = None,
         poll_interval: float = 1.0,
         progress: bool = False,
-    ) -> FineTuningJob:
+    ) -> Op[FineTuningJob]:
         """Poll until the job succeeded, failed or was cancelled, and return it."""
         deadline = _Deadline(timeout, poll_interval)
         newest = _events_call(job_id, METRICS_WINDOW)
         with closing(_JobProgress(job_id, progress)) as bar:
             while True:
-                job = self.get(job_id)
+                job = yield from _job(job_id)
                 if progress:
-                    bar.update(job, self._http.request(newest, Page[JobEvent]))
+                    bar.update(job, (yield from _fetch(newest, Page[JobEvent])))
                 if job.done:
                     return job
-                _http.sleep(deadline.pause(job))
+                yield Sleep(deadline.pause(job))
 
+    @method
     def download_adapter(
         self, job_id: str, dest: str | os.PathLike[str], checkpoint: str | None = None
-    ) -> Path:
+    ) -> Op[Path]:
         """Download the job's (or a checkpoint's) PEFT adapter, verified by sha256, unpacked
         into ``dest``; returns the adapter directory."""
-        with (
-            self._http.stream(_adapter_call(job_id, checkpoint)) as response,
-            AdapterDownload(Path(dest), response) as download,
-        ):
-            for chunk in response.iter_bytes():
-                download.write(chunk)
-        return download.unpack()
+        return (yield Download(_adapter_call(job_id, checkpoint), Path(dest)))
 
 
-class Models:
-    def __init__(self, http: SyncHTTP) -> None:
-        self._http = http
+class FineTuning(Resource[H]):
+    """``/v1/fine_tuning``: only ``jobs``, as in OpenAI's API."""
 
-    def list(self) -> builtins.list[Model]:
+    def __init__(self, http: H) -> None:
+        super().__init__(http)
+        self.jobs = Jobs(http)
+
+
+class Models(Resource[H]):
+    """``/v1/models``: what a job can start from and what jobs made."""
+
+    @paged
+    def list(self) -> Listing[Model]:
         """The deployment's base models and this tenant's fine-tuned models."""
-        return builtins.list(self._http.iterate(Call("GET", "/v1/models"), Model))
+        return Listing(Call("GET", "/v1/models"), Model)
 
 
-class Webhooks:
-    def __init__(self, http: SyncHTTP) -> None:
-        self._http = http
+class Deliveries(Resource[H]):
+    """``/v1/webhooks/{id}/deliveries``: what was sent to an endpoint, and how it went."""
 
-    def create(self, url: str, events: Iterable[str] | None = None) -> WebhookEndpoint:
+    @paged
+    def list(
+        self, endpoint_id: str, limit: int = 20, after: str | None = None
+    ) -> Listing[WebhookDelivery]:
+        """The endpoint's deliveries, newest first."""
+        path = f"{WEBHOOKS}/{_id(endpoint_id)}/deliveries"
+        return Listing(Call("GET", path, params={"limit": limit, "after": after}), WebhookDelivery)
+
+
+class Webhooks(Resource[H]):
+    """``/v1/webhooks``: where job events are POSTed, with each endpoint's ``deliveries``."""
+
+    def __init__(self, http: H) -> None:
+        super().__init__(http)
+        self.deliveries = Deliveries(http)
+
+    @method
+    def create(self, url: str, events: Iterable[str] | None = None) -> Op[WebhookEndpoint]:
         """Register ``url`` for job events (all three by default); keep the returned ``secret``,
         it is not shown again."""
-        return self._http.request(_create_webhook_call(url, events), WebhookEndpoint)
+        return _fetch(_create_webhook_call(url, events), WebhookEndpoint)
 
-    def list(self) -> builtins.list[WebhookEndpoint]:
-        return builtins.list(self._http.iterate(Call("GET", WEBHOOKS), WebhookEndpoint))
-
-    def delete(self, endpoint_id: str) -> WebhookEndpointDeleted:
-        call = Call("DELETE", f"{WEBHOOKS}/{_id(endpoint_id)}")
-        return self._http.request(call, WebhookEndpointDeleted)
-
-    def deliveries(self, endpoint_id: str, limit: int = 20) -> Iterator[WebhookDelivery]:
-        """The endpoint's delivery log, newest first, fetched ``limit`` at a time."""
-        return self._http.iterate(_deliveries_call(endpoint_id, limit), WebhookDelivery)
-
-
-# -- async -----------------------------------------------------------------------------------
-
-
-class AsyncFiles:
-    def __init__(self, http: AsyncHTTP) -> None:
-        self._http = http
-
-    async def upload(
-        self, source: FileSource, purpose: str = "fine-tune", filename: str | None = None
-    ) -> FileObject:
-        """Upload a JSONL dataset from a path (streamed from disk) or from bytes."""
-        return await self._http.request(_upload_call(source, purpose, filename), FileObject)
-
-    async def list(self, purpose: str | None = None) -> builtins.list[FileObject]:
-        call = Call("GET", "/v1/files", params={"purpose": purpose})
-        return [f async for f in self._http.iterate(call, FileObject)]
-
-    async def get(self, file_id: str) -> FileObject:
-        return await self._http.request(Call("GET", f"/v1/files/{_id(file_id)}"), FileObject)
-
-    async def content(self, file_id: str) -> bytes:
-        return (await self._http.send(Call("GET", f"/v1/files/{_id(file_id)}/content"))).content
-
-    async def delete(self, file_id: str) -> FileDeleted:
-        return await self._http.request(Call("DELETE", f"/v1/files/{_id(file_id)}"), FileDeleted)
-
-    async def report(
-        self,
-        file_id: str,
-        model: str,
-        max_seq_length: int = 2048,
-        validation_file: str | None = None,
-    ) -> FileReport:
-        """A dry run with ``model``'s tokenizer: errors, token counts, truncation, duplicates,
-        validation overlap and a preview, before a job spends GPU time on the file."""
-        call = _report_call(file_id, model, max_seq_length, validation_file)
-        return await self._http.request(call, FileReport)
-
-
-class AsyncJobs:
-    def __init__(self, http: AsyncHTTP) -> None:
-        self._http = http
-
-    async def create(
-        self,
-        model: str,
-        training_file: str,
-        validation_file: str | None = None,
-        hyperparameters: Mapping[str, Any] | None = None,
-        suffix: str | None = None,
-        seed: int | None = None,
-        metadata: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-    ) -> FineTuningJob:
-        """Create a job; retried safely under ``idempotency_key`` (a fresh uuid4 by default)."""
-        call = _create_job_call(
-            model,
-            training_file,
-            validation_file,
-            hyperparameters,
-            suffix,
-            seed,
-            metadata,
-            idempotency_key,
+    @paged
+    def list(self, limit: int = 20, after: str | None = None) -> Listing[WebhookEndpoint]:
+        return Listing(
+            Call("GET", WEBHOOKS, params={"limit": limit, "after": after}), WebhookEndpoint
         )
-        return await self._http.request(call, FineTuningJob)
 
-    async def get(self, job_id: str) -> FineTuningJob:
-        return await self._http.request(Call("GET", f"{JOBS}/{_id(job_id)}"), FineTuningJob)
-
-    def list(self, limit: int = 20) -> AsyncIterator[FineTuningJob]:
-        """Every job, newest first, fetched ``limit`` at a time (use with ``async for``)."""
-        return self._http.iterate(Call("GET", JOBS, params={"limit": limit}), FineTuningJob)
-
-    async def cancel(self, job_id: str) -> FineTuningJob:
-        call = Call("POST", f"{JOBS}/{_id(job_id)}/cancel")
-        return await self._http.request(call, FineTuningJob)
-
-    async def pause(self, job_id: str) -> FineTuningJob:
-        call = Call("POST", f"{JOBS}/{_id(job_id)}/pause")
-        return await self._http.request(call, FineTuningJob)
-
-    async def resume(self, job_id: str) -> FineTuningJob:
-        call = Call("POST", f"{JOBS}/{_id(job_id)}/resume")
-        return await self._http.request(call, FineTuningJob)
-
-    async def manifest(self, job_id: str) -> Manifest:
-        return await self._http.request(Call("GET", f"{JOBS}/{_id(job_id)}/manifest"), Manifest)
-
-    async def events(self, job_id: str) -> builtins.list[JobEvent]:
-        """The job's whole event log, newest first as the API gives it."""
-        return [e async for e in self._http.iterate(_events_call(job_id, EVENTS_PAGE), JobEvent)]
-
-    async def stream_events(
-        self, job_id: str, poll_interval: float = 1.0
-    ) -> AsyncIterator[JobEvent]:
-        """Events oldest first as they appear (the history first), until the job has finished."""
-        last_seen: str | None = None
-        while True:
-            done = (await self.get(job_id)).done  # read before the events: none missed at the end
-            fresh: builtins.list[JobEvent] = []
-            pages = self._http.iterate(_events_call(job_id, EVENTS_PAGE), JobEvent)
-            async with aclosing(pages):
-                async for event in pages:
-                    if event.id == last_seen:
-                        break
-                    fresh.append(event)
-            for event in reversed(fresh):
-                yield event
-            last_seen = fresh[0].id if fresh else last_seen
-            if done:
-                return
-            await _http.async_sleep(poll_interval)
-
-    async def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
-        call = Call("GET", f"{JOBS}/{_id(job_id)}/checkpoints", params={"limit": CHECKPOINTS_PAGE})
-        return [c async for c in self._http.iterate(call, Checkpoint)]
-
-    async def wait(
-        self,
-        job_id: str,
-        timeout: float | None = None,
-        poll_interval: float = 1.0,
-        progress: bool = False,
-    ) -> FineTuningJob:
-        """Poll until the job succeeded, failed or was cancelled, and return it."""
-        deadline = _Deadline(timeout, poll_interval)
-        newest = _events_call(job_id, METRICS_WINDOW)
-        with closing(_JobProgress(job_id, progress)) as bar:
-            while True:
-                job = await self.get(job_id)
-                if progress:
-                    bar.update(job, await self._http.request(newest, Page[JobEvent]))
-                if job.done:
-                    return job
-                await _http.async_sleep(deadline.pause(job))
-
-    async def download_adapter(
-        self, job_id: str, dest: str | os.PathLike[str], checkpoint: str | None = None
-    ) -> Path:
-        """Download the job's (or a checkpoint's) PEFT adapter, verified by sha256, unpacked
-        into ``dest``; returns the adapter directory."""
-        async with self._http.stream(_adapter_call(job_id, checkpoint)) as response:
-            with AdapterDownload(Path(dest), response) as download:
-                async for chunk in response.aiter_bytes():
-                    download.write(chunk)
-        return await asyncio.to_thread(download.unpack)
-
-
-class AsyncModels:
-    def __init__(self, http: AsyncHTTP) -> None:
-        self._http = http
-
-    async def list(self) -> builtins.list[Model]:
-        """The deployment's base models and this tenant's fine-tuned models."""
-        return [m async for m in self._http.iterate(Call("GET", "/v1/models"), Model)]
-
-
-class AsyncWebhooks:
-    def __init__(self, http: AsyncHTTP) -> None:
-        self._http = http
-
-    async def create(self, url: str, events: Iterable[str] | None = None) -> WebhookEndpoint:
-        """Register ``url`` for job events (all three by default); keep the returned ``secret``,
-        it is not shown again."""
-        return await self._http.request(_create_webhook_call(url, events), WebhookEndpoint)
-
-    async def list(self) -> builtins.list[WebhookEndpoint]:
-        return [w async for w in self._http.iterate(Call("GET", WEBHOOKS), WebhookEndpoint)]
-
-    async def delete(self, endpoint_id: str) -> WebhookEndpointDeleted:
-        call = Call("DELETE", f"{WEBHOOKS}/{_id(endpoint_id)}")
-        return await self._http.request(call, WebhookEndpointDeleted)
-
-    def deliveries(self, endpoint_id: str, limit: int = 20) -> AsyncIterator[WebhookDelivery]:
-        """The endpoint's delivery log, newest first, fetched ``limit`` at a time (use with
-        ``async for``)."""
-        return self._http.iterate(_deliveries_call(endpoint_id, limit), WebhookDelivery)
+    @method
+    def delete(self, endpoint_id: str) -> Op[WebhookEndpointDeleted]:
+        return _fetch(Call("DELETE", f"{WEBHOOKS}/{_id(endpoint_id)}"), WebhookEndpointDeleted)

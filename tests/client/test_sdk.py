@@ -35,9 +35,9 @@ def sdk(api_url: str, api_key: str) -> Iterator[Client]:
     """The tenant's client; jobs left unfinished are cancelled so no later worker trains them."""
     with Client(api_url, api_key, max_retries=0) as client:
         yield client
-        for job in client.jobs.list(limit=100):
+        for job in client.fine_tuning.jobs.list(limit=100):
             if not job.done:
-                client.jobs.cancel(job.id)
+                client.fine_tuning.jobs.cancel(job.id)
 
 
 class CorruptingTransport(httpx2.HTTPTransport):
@@ -63,38 +63,44 @@ def test_wait_with_progress_and_download_a_trained_adapter(
     training = sdk.files.upload(DATA)
     worker = backend.start("worker")
     try:
-        job = sdk.jobs.create(
+        job = sdk.fine_tuning.jobs.create(
             "tiny", training.id, hyperparameters=HYPERPARAMETERS | {"n_epochs": 4}, seed=1234
         )
-        done = sdk.jobs.wait(job.id, timeout=180, poll_interval=0.5, progress=True)
+        done = sdk.fine_tuning.jobs.wait(job.id, timeout=180, poll_interval=0.5, progress=True)
     finally:
         worker.stop()
     assert done.status == "succeeded", (done.error, worker.output()[-4000:])
 
-    metrics = [e.data for e in sdk.jobs.events(job.id) if e.type == "metrics" and e.data]
+    metrics = [
+        e.data for e in sdk.fine_tuning.jobs.events.list(job.id) if e.type == "metrics" and e.data
+    ]
     total = metrics[0]["total_steps"]
     bar = capsys.readouterr().err
     assert f"{total}/{total}" in bar and "loss=" in bar and job.id in bar
 
-    adapter = sdk.jobs.download_adapter(job.id, tmp_path / "final")
+    adapter = sdk.fine_tuning.jobs.download_adapter(job.id, tmp_path / "final")
     assert adapter == tmp_path / "final"
     assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json"} <= {
         p.name for p in adapter.iterdir()
     }
     assert not list(adapter.glob("*.partial"))
-    manifest = sdk.jobs.manifest(job.id)
+    manifest = sdk.fine_tuning.jobs.manifest(job.id)
     assert manifest.job_id == job.id
     assert manifest.model_dump() == json.loads((adapter / "manifest.json").read_text())
-    checkpoint = sdk.jobs.checkpoints(job.id)[0]
+    checkpoint = sdk.fine_tuning.jobs.checkpoints.list(job.id).data[0]
     assert checkpoint.fine_tuning_job_id == job.id
-    ckpt = sdk.jobs.download_adapter(job.id, tmp_path / "ckpt", checkpoint=checkpoint.id)
+    ckpt = sdk.fine_tuning.jobs.download_adapter(
+        job.id, tmp_path / "ckpt", checkpoint=checkpoint.id
+    )
     assert (ckpt / "adapter_config.json").exists()
     assert done.fine_tuned_model in [m.id for m in sdk.models.list()]
 
     async def async_side() -> tuple[FineTuningJob, Path]:
         async with AsyncClient(api_url, api_key) as client:
-            finished = await client.jobs.wait(job.id, timeout=5)
-            return finished, await client.jobs.download_adapter(job.id, tmp_path / "async")
+            finished = await client.fine_tuning.jobs.wait(job.id, timeout=5)
+            return finished, await client.fine_tuning.jobs.download_adapter(
+                job.id, tmp_path / "async"
+            )
 
     finished, async_adapter = asyncio.run(async_side())
     assert finished.status == "succeeded"
@@ -104,7 +110,7 @@ def test_wait_with_progress_and_download_a_trained_adapter(
 
     corrupting = Client(api_url, api_key, transport=CorruptingTransport())
     with corrupting, pytest.raises(IntegrityError, match="does not match"):
-        corrupting.jobs.download_adapter(job.id, tmp_path / "corrupt")
+        corrupting.fine_tuning.jobs.download_adapter(job.id, tmp_path / "corrupt")
     assert list((tmp_path / "corrupt").iterdir()) == []
 
 
@@ -135,7 +141,7 @@ def test_sync_client_covers_files_jobs_models_and_errors(
 
     hyperparameters = {"n_epochs": 1, "lora_r": 4}
     jobs = [
-        sdk.jobs.create(
+        sdk.fine_tuning.jobs.create(
             "tiny", from_path.id, from_bytes.id, hyperparameters, "sdk", 7, {"n": str(i)}
         )
         for i in range(5)
@@ -145,37 +151,40 @@ def test_sync_client_covers_files_jobs_models_and_errors(
     assert first.seed == 7 and first.suffix == "sdk"
     assert first.hyperparameters.n_epochs == 1 and first.metadata == {"n": "0"}
     replayed = [
-        sdk.jobs.create("tiny", from_path.id, idempotency_key=f"k-{from_path.id}") for _ in range(2)
+        sdk.fine_tuning.jobs.create("tiny", from_path.id, idempotency_key=f"k-{from_path.id}")
+        for _ in range(2)
     ]
     assert replayed[0].id == replayed[1].id
-    assert sdk.jobs.get(first.id).id == first.id
+    assert sdk.fine_tuning.jobs.get(first.id).id == first.id
 
     with CountingClient() as counting, Client(api_url, api_key, http_client=counting) as paged:
-        listed = [j.id for j in paged.jobs.list(limit=2)]
+        listed = [j.id for j in paged.fine_tuning.jobs.list(limit=2)]
         assert counting.list_requests >= 3
     mine = [j.id for j in reversed([*jobs, replayed[0]])]
     assert [i for i in listed if i in mine] == mine, "newest first, each job once"
 
-    events = sdk.jobs.events(first.id)
+    events = list(sdk.fine_tuning.jobs.events.list(first.id))
     assert events[-1].message.startswith("Created fine-tuning job")
-    assert sdk.jobs.checkpoints(first.id) == []
-    assert sdk.jobs.pause(first.id).status == "paused"
-    assert sdk.jobs.resume(first.id).status == "queued"
-    assert sdk.jobs.cancel(first.id).status == "cancelled"
-    streamed = list(sdk.jobs.stream_events(first.id, poll_interval=0.1))
-    assert [e.id for e in streamed] == [e.id for e in reversed(sdk.jobs.events(first.id))]
+    assert list(sdk.fine_tuning.jobs.checkpoints.list(first.id)) == []
+    assert sdk.fine_tuning.jobs.pause(first.id).status == "paused"
+    assert sdk.fine_tuning.jobs.resume(first.id).status == "queued"
+    assert sdk.fine_tuning.jobs.cancel(first.id).status == "cancelled"
+    streamed = list(sdk.fine_tuning.jobs.events.stream(first.id, poll_interval=0.1))
+    assert [e.id for e in streamed] == [
+        e.id for e in reversed(list(sdk.fine_tuning.jobs.events.list(first.id)))
+    ]
     assert streamed[-1].message == "Job cancelled by user"
     assert "tiny" in [m.id for m in sdk.models.list()]
 
     with pytest.raises(BadRequestError) as bad:
-        sdk.jobs.cancel(first.id)
+        sdk.fine_tuning.jobs.cancel(first.id)
     assert bad.value.param == "id" and "cannot be cancelled" in bad.value.message
     with pytest.raises(BadRequestError) as bad:
-        sdk.jobs.create("nope", from_path.id)
+        sdk.fine_tuning.jobs.create("nope", from_path.id)
     assert bad.value.status_code == 400
     assert bad.value.param == "model" and bad.value.code == "model_not_available"
     with pytest.raises(NotFoundError) as missing:
-        sdk.jobs.get("ftjob-missing")
+        sdk.fine_tuning.jobs.get("ftjob-missing")
     assert missing.value.code == "not_found" and missing.value.request_id
     with Client(api_url, other_key) as other, pytest.raises(NotFoundError):
         other.files.get(from_path.id)
@@ -198,31 +207,36 @@ def test_async_client_covers_files_jobs_models_and_errors(
             from_path, from_bytes = await asyncio.gather(
                 client.files.upload(path), client.files.upload(DATA, filename="b.jsonl")
             )
-            assert {from_path.id, from_bytes.id} <= {f.id for f in await client.files.list()}
+            assert {from_path.id, from_bytes.id} <= {f.id async for f in await client.files.list()}
             assert (await client.files.get(from_bytes.id)).filename == "b.jsonl"
             assert await client.files.content(from_path.id) == DATA
 
             jobs = [
-                await client.jobs.create("tiny", from_path.id, hyperparameters={"n_epochs": 1})
+                await client.fine_tuning.jobs.create(
+                    "tiny", from_path.id, hyperparameters={"n_epochs": 1}
+                )
                 for _ in range(5)
             ]
-            assert (await client.jobs.get(jobs[0].id)).hyperparameters.n_epochs == 1
-            listed = [j.id async for j in client.jobs.list(limit=2)]
+            assert (await client.fine_tuning.jobs.get(jobs[0].id)).hyperparameters.n_epochs == 1
+            listed = [j.id async for j in await client.fine_tuning.jobs.list(limit=2)]
             mine = [j.id for j in reversed(jobs)]
             assert [i for i in listed if i in mine] == mine
 
-            assert (await client.jobs.pause(jobs[0].id)).status == "paused"
-            assert (await client.jobs.resume(jobs[0].id)).status == "queued"
-            assert (await client.jobs.cancel(jobs[0].id)).status == "cancelled"
-            events = await client.jobs.events(jobs[0].id)
+            assert (await client.fine_tuning.jobs.pause(jobs[0].id)).status == "paused"
+            assert (await client.fine_tuning.jobs.resume(jobs[0].id)).status == "queued"
+            assert (await client.fine_tuning.jobs.cancel(jobs[0].id)).status == "cancelled"
+            events = [e async for e in await client.fine_tuning.jobs.events.list(jobs[0].id)]
             assert events[0].message == "Job cancelled by user"
-            streamed = [e async for e in client.jobs.stream_events(jobs[0].id, poll_interval=0.1)]
+            streamed = [
+                e
+                async for e in client.fine_tuning.jobs.events.stream(jobs[0].id, poll_interval=0.1)
+            ]
             assert streamed == events[::-1]
-            assert await client.jobs.checkpoints(jobs[0].id) == []
-            assert "tiny" in [m.id for m in await client.models.list()]
+            assert (await client.fine_tuning.jobs.checkpoints.list(jobs[0].id)).data == []
+            assert "tiny" in [m.id async for m in await client.models.list()]
 
             with pytest.raises(BadRequestError) as bad:
-                await client.jobs.create("tiny", from_path.id, seed=-1)
+                await client.fine_tuning.jobs.create("tiny", from_path.id, seed=-1)
             assert (bad.value.param, bad.value.code) == ("seed", "invalid_request")
             with pytest.raises(NotFoundError):
                 await client.files.get("file-missing")

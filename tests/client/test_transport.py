@@ -152,7 +152,7 @@ def test_no_retry_on_400_and_the_error_carries_the_body(delays: list[float]) -> 
     }
     server = Recorder(httpx2.Response(400, json=body, headers={"x-request-id": "req-42"}))
     with client(server) as sdk, pytest.raises(BadRequestError) as caught:
-        sdk.jobs.get("ftjob-1")
+        sdk.fine_tuning.jobs.get("ftjob-1")
     assert len(server.requests) == 1 and delays == []
     err = caught.value
     assert (err.status_code, err.message, err.param, err.code, err.request_id) == (
@@ -173,7 +173,9 @@ def test_a_body_that_is_not_json_still_maps_by_status(delays: list[float]) -> No
 def test_job_create_is_retried_under_one_idempotency_key(delays: list[float]) -> None:
     server = Recorder(error(503), httpx2.ReadTimeout("slow"), httpx2.Response(200, json=job()))
     with client(server) as sdk:
-        created = sdk.jobs.create("tiny", "file-1", hyperparameters={"n_epochs": 2, "lora_r": 8})
+        created = sdk.fine_tuning.jobs.create(
+            "tiny", "file-1", hyperparameters={"n_epochs": 2, "lora_r": 8}
+        )
     assert created.id == "ftjob-1"
     keys = {r.headers["idempotency-key"] for r in server.requests}
     assert len(server.requests) == 3 and len(keys) == 1 and len(keys.pop()) == 36
@@ -183,7 +185,7 @@ def test_job_create_is_retried_under_one_idempotency_key(delays: list[float]) ->
 
     server = Recorder(error(500), httpx2.Response(200, json=job()))
     with client(server) as sdk:
-        sdk.jobs.create("tiny", "file-1", idempotency_key="mine")
+        sdk.fine_tuning.jobs.create("tiny", "file-1", idempotency_key="mine")
     assert [r.headers["idempotency-key"] for r in server.requests] == ["mine", "mine"]
 
 
@@ -193,7 +195,7 @@ def test_other_posts_are_not_retried_once_sent(delays: list[float], tmp_path: Pa
         sdk.files.upload(b'{"prompt": "a", "completion": "b"}\n')
     server = Recorder(httpx2.ReadTimeout("slow"))
     with client(server) as sdk, pytest.raises(APITimeoutError):
-        sdk.jobs.cancel("ftjob-1")
+        sdk.fine_tuning.jobs.cancel("ftjob-1")
     assert len(server.requests) == 1 and delays == []
 
     # Refused before anything was sent: safe to try again, and the file is streamed again.
@@ -234,7 +236,11 @@ def test_list_pages_with_after(delays: list[float]) -> None:
     ]
     server = Recorder(*[httpx2.Response(200, json={"object": "list", **p}) for p in pages])
     with client(server) as sdk:
-        assert [j.id for j in sdk.jobs.list(limit=2)] == ["ftjob-3", "ftjob-2", "ftjob-1"]
+        assert [j.id for j in sdk.fine_tuning.jobs.list(limit=2)] == [
+            "ftjob-3",
+            "ftjob-2",
+            "ftjob-1",
+        ]
     assert [dict(r.url.params) for r in server.requests] == [
         {"limit": "2"},
         {"limit": "2", "after": "ftjob-2"},
@@ -258,7 +264,9 @@ def test_stream_events_yields_each_new_event_once_oldest_first(delays: list[floa
         events(4, 3, 2, 1),
     )
     with client(server) as sdk:
-        streamed = [e.message for e in sdk.jobs.stream_events("ftjob-1", poll_interval=0.25)]
+        streamed = [
+            e.message for e in sdk.fine_tuning.jobs.events.stream("ftjob-1", poll_interval=0.25)
+        ]
     assert streamed == ["event 1", "event 2", "event 3", "event 4"]
     assert delays == [0.25, 0.25]
 
@@ -266,7 +274,7 @@ def test_stream_events_yields_each_new_event_once_oldest_first(delays: list[floa
 def test_wait_times_out_with_a_timeout_error(delays: list[float]) -> None:
     server = Recorder(*[httpx2.Response(200, json=job(status="running"))] * 2)
     with client(server) as sdk, pytest.raises(TimeoutError) as caught:
-        sdk.jobs.wait("ftjob-1", timeout=0)
+        sdk.fine_tuning.jobs.wait("ftjob-1", timeout=0)
     assert isinstance(caught.value, WaitTimeoutError) and caught.value.job.status == "running"
 
 
@@ -295,7 +303,9 @@ def test_download_follows_a_redirect_and_checks_the_announced_sha256(
         httpx2.Response(200, content=archive),
     )
     with client(server) as sdk:
-        adapter = sdk.jobs.download_adapter("ftjob-1", tmp_path / "a", checkpoint="ftckpt-9")
+        adapter = sdk.fine_tuning.jobs.download_adapter(
+            "ftjob-1", tmp_path / "a", checkpoint="ftckpt-9"
+        )
     assert (
         server.requests[0].url.path == "/v1/fine_tuning/jobs/ftjob-1/checkpoints/ftckpt-9/adapter"
     )
@@ -312,7 +322,7 @@ def test_async_retries_backoff_idempotency_and_connection_errors(
             error(500), error(429, **{"Retry-After": "2"}), httpx2.Response(200, json=job())
         )
         async with async_client(server) as sdk:
-            await sdk.jobs.create("tiny", "file-1")
+            await sdk.fine_tuning.jobs.create("tiny", "file-1")
         assert str(server.requests[0].url) == "http://ftaas.test/v1/fine_tuning/jobs"
         assert len({r.headers["idempotency-key"] for r in server.requests}) == 1
         assert delays[1] == 2.0 and 0.375 <= delays[0] <= 0.5
@@ -326,7 +336,7 @@ def test_async_retries_backoff_idempotency_and_connection_errors(
         server = Recorder(error(502))
         async with async_client(server) as sdk:
             with pytest.raises(InternalServerError):
-                await sdk.jobs.cancel("ftjob-1")
+                await sdk.fine_tuning.jobs.cancel("ftjob-1")
         assert len(server.requests) == 1
 
         server = Recorder(*[httpx2.ConnectError("refused")] * 3)
@@ -339,7 +349,7 @@ def test_async_retries_backoff_idempotency_and_connection_errors(
         server = Recorder(httpx2.Response(200, content=archive, headers=bad))
         async with async_client(server) as sdk:
             with pytest.raises(IntegrityError):
-                await sdk.jobs.download_adapter("ftjob-1", tmp_path / "bad")
+                await sdk.fine_tuning.jobs.download_adapter("ftjob-1", tmp_path / "bad")
         assert list((tmp_path / "bad").iterdir()) == []
 
     asyncio.run(scenario())

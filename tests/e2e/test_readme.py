@@ -21,7 +21,7 @@ def test_readme_sdk_example(
     backend: Backend, api_url: str, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    example = next(b for b in blocks if "from client import Client" in b)
+    example = next(b for b in blocks if "from ftaas import Client" in b)
     assert len([line for line in example.splitlines() if line.strip()]) <= 6
     monkeypatch.setenv("FTAAS_BASE_URL", api_url)
     monkeypatch.setenv("FTAAS_API_KEY", api_key)
