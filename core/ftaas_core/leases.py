@@ -111,10 +111,10 @@ class Lease:
         if status == JobStatus.PAUSING:
             self.pause_requested.set()
 
-    def park(self, step: int) -> Job:
-        """After a checkpoint: paused or back in the queue (see :func:`lifecycle.park`)."""
+    def park(self, detail: str, **cause: str) -> Job:
+        """Paused or back in the queue (see :func:`lifecycle.park`)."""
         with self.db.session() as session:
-            job = lifecycle.park(session, self.job_id, self.attempt, step)
+            job = lifecycle.park(session, self.job_id, self.attempt, detail, **cause)
         if job is None:
             raise self._lost()
         return job

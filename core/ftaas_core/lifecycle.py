@@ -175,15 +175,17 @@ def start(session: Session, job_id: str, worker_id: str, lease_seconds: float) -
     return None if job is None else job.attempt
 
 
-def park(session: Session, job_id: str, attempt: int, step: int) -> Job | None:
-    """After a checkpoint: ``paused`` if the user asked for a pause, else back to ``queued``
-    (an eviction), without spending the retry budget. None if the attempt lost the job."""
+def park(
+    session: Session, job_id: str, attempt: int, detail: str, cause: str = "Worker shutting down"
+) -> Job | None:
+    """The attempt stops after its newest checkpoint: ``paused`` if the user asked for a pause,
+    else back to ``queued`` (an eviction, or an outage it waited out too long), without spending
+    the retry budget. None if the attempt lost the job."""
     cleared = {"worker_id": None, "lease_expires_at": None, "estimated_finish": None}
     moves = {S.PAUSING: S.PAUSED, S.RUNNING: S.QUEUED}
     job = _move(session, job_id, moves, Job.attempt == attempt, **cleared)
     if job is not None:
-        message = "Job paused" if job.status == S.PAUSED else "Worker shutting down"
-        add_event(session, job.id, f"{message}: checkpointed at step {step}")
+        add_event(session, job.id, f"{'Job paused' if job.status == S.PAUSED else cause}: {detail}")
     return job
 
 

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     models: dict[str, str] = Field(default_factory=dict)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     worker_lease_seconds: int = Field(default=60, ge=2)
+    outage_retry_seconds: float = Field(default=120.0, gt=0)
     max_job_retries: int = Field(default=3, ge=0)
     job_timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     queue_name: str = "ftaas-training"

@@ -313,7 +313,7 @@ def test_cli_files_and_jobs(sdk: Client, api_url: str, api_key: str, tmp_path: P
     assert again.returncode == 1 and again.stdout == ""
     assert (
         again.stderr.strip()
-        == f"error (400): Job {job['id']} has already cancelled; it cannot be cancelled."
+        == f"error (400): Job {job['id']} is cancelled; it cannot be cancelled."
     )
     unauthorized = ftaas(api_url, "ftk_wrong", "jobs", "get", job["id"])
     assert unauthorized.returncode == 1 and unauthorized.stderr.startswith("error (401)")

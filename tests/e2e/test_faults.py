@@ -7,6 +7,8 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -17,13 +19,21 @@ from ftaas_core.db import Database, get_database
 from ftaas_core.keys import create_key, revoke_key
 from tests.conftest import Backend, api_server, new_key, tenant_client
 from tests.support.data import taught_dataset
-from tests.support.jobs import HYPERPARAMETERS, create_job, events, upload, wait_until
+from tests.support.jobs import (
+    HYPERPARAMETERS,
+    create_job,
+    events,
+    upload,
+    wait_for_status,
+    wait_until,
+)
 from tests.support.services import (
     RedisServer,
     TcpProxy,
     answers,
     free_port,
     postgres_database,
+    s3_server,
 )
 
 
@@ -165,3 +175,75 @@ def test_database_outage_is_503_and_the_api_recovers_by_itself(backend: Backend)
                 time.sleep(0.5)
             assert httpx2.get(f"{url}/readyz").status_code == 200
         proxy.cut()
+
+
+@contextmanager
+def store_behind_a_proxy() -> Iterator[tuple[TcpProxy, dict[str, str]]]:
+    """A real S3 endpoint (moto) reached through a proxy the test can cut; the settings."""
+    with s3_server() as endpoint:
+        proxy = TcpProxy(int(endpoint.rsplit(":", 1)[1]))
+        proxy.start()
+        try:
+            yield (
+                proxy,
+                {
+                    "FTAAS_STORAGE_URL": f"s3://ftaas-test/outage-{uuid.uuid4().hex[:6]}",
+                    "FTAAS_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+                    "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                },
+            )
+        finally:
+            proxy.cut()
+
+
+def train_through_a_store_outage(
+    backend: Backend, outage_seconds: float, **worker_env: str
+) -> list[str]:
+    """A job whose object store goes away for ``outage_seconds`` right after its first
+    checkpoint; the job once finished, and its event messages."""
+    with store_behind_a_proxy() as (proxy, env):
+        worker = backend.start("worker", **env, **worker_env)
+        try:
+            with (
+                api_server(backend, **env) as (url, _),
+                tenant_client(url, new_key(f"store-{uuid.uuid4().hex[:6]}")) as http,
+            ):
+                method = {
+                    "type": "supervised",
+                    "supervised": {"hyperparameters": HYPERPARAMETERS | {"n_epochs": 6}},
+                }
+                job = create_job(http, training_file=upload(http, taught_dataset()), method=method)
+                said = lambda: [e["message"] for e in events(http, job["id"])]  # noqa: E731
+                wait_until(
+                    lambda: any(m.startswith("Checkpoint saved") for m in said()),
+                    120,
+                    "a first checkpoint",
+                    [worker],
+                )
+                proxy.cut()
+                time.sleep(outage_seconds)
+                proxy.start()
+                finished = wait_for_status(http, job["id"], {"succeeded", "failed"}, 240, [worker])
+                assert finished["status"] == "succeeded", finished["error"]
+                return said()
+        finally:
+            worker.stop()
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_a_store_outage_shorter_than_the_bound_is_waited_out(backend: Backend) -> None:
+    messages = train_through_a_store_outage(backend, 12)
+    assert not any("unavailable" in m for m in messages), messages
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_a_longer_store_outage_parks_the_job_which_resumes_on_no_retry(backend: Backend) -> None:
+    messages = train_through_a_store_outage(backend, 10, FTAAS_OUTAGE_RETRY_SECONDS="2")
+    assert any(m.startswith("Object store or database unavailable") for m in messages), messages
+    assert not any(m.startswith("Worker lost") for m in messages)  # no retry spent
+    attempts = [m for m in messages if m.startswith("Fine-tuning job started")]
+    assert len(attempts) >= 2 and attempts[-1] != attempts[0]  # a new attempt resumed it

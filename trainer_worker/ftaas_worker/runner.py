@@ -20,9 +20,9 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sqlalchemy import select
 
@@ -36,11 +36,23 @@ from ftaas_core.hyperparams import Hyperparameters, ResolvedHyperparameters, aut
 from ftaas_core.ids import new_id
 from ftaas_core.leases import Lease, LeaseLost
 from ftaas_core.models import Checkpoint, File, JobEvent, Tenant, now
+from ftaas_core.outages import ServiceOutage, retrying
 from ftaas_core.settings import Settings, get_settings
 from ftaas_core.storage import ObjectStore, get_store, iter_stream, put_file
 
 log = logging.getLogger("ftaas.worker")
 
+
+def survives_outages(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A store or database write that waits out an outage of up to FTAAS_OUTAGE_RETRY_SECONDS."""
+    return retrying(what, lambda: get_settings().outage_retry_seconds)
+
+
+if TYPE_CHECKING:
+    from ftaas_worker.recipe import TrainResult
+
+P = ParamSpec("P")
+T = TypeVar("T")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 METRIC_COLUMNS = (
     "step",
@@ -83,17 +95,26 @@ def run_job(job_id: str) -> str:
             return "stopped: cancelled or taken over"
         except TrainingStopped as stop:
             if stop.reason == "preempt":
-                job = lease.park(stop.step)
-                if job.status == JobStatus.QUEUED:
-                    lifecycle.enqueue(job)
-                return job.status
+                return _park(lease, f"checkpointed at step {stop.step}")
             return "stopped: cancelled"
+        except ServiceOutage as outage:
+            log.warning("job %s parked: %s", job_id, outage)
+            detail = f"{outage}; it resumes from its newest checkpoint"
+            return _park(lease, detail, cause="Object store or database unavailable")
         except JobFailed as failure:
             lease.fail(failure.code, failure.message)
         except Exception as exc:
             log.exception("job %s failed", job_id)
             lease.fail(*describe_failure(exc, run.phase))
         return "failed"
+
+
+def _park(lease: Lease, detail: str, **cause: str) -> str:
+    """Paused, or queued again for another attempt; how the attempt ended."""
+    job = lease.park(detail, **cause)
+    if job.status == JobStatus.QUEUED:
+        lifecycle.enqueue(job)
+    return job.status
 
 
 def describe_failure(exc: Exception, phase: str) -> tuple[str, str]:
@@ -133,7 +154,11 @@ class JobRun:
         self.phase = "Starting"
         self.dataset_digests: dict[str, dict[str, str]] = {}
         self.started = time.monotonic()
-        with lease.guard() as (session, job):
+        self._read_job()
+
+    @survives_outages("reading the job")
+    def _read_job(self) -> None:
+        with self.lease.guard() as (session, job):
             self.job_id = job.id
             self.tenant_id = job.tenant_id
             self.model = job.model
@@ -155,11 +180,13 @@ class JobRun:
             )
 
     # -- the recipe's hooks -------------------------------------------------------------------
+    @survives_outages("recording progress")
     def on_phase(self, message: str) -> None:
         self.phase = message
         with self.lease.guard() as (session, job):
             add_event(session, job.id, message)
 
+    @survives_outages("recording metrics")
     def on_metrics(self, data: dict[str, float | int]) -> None:
         step, total = int(data["step"]), int(data.get("total_steps", 0))
         parts = (
@@ -175,6 +202,7 @@ class JobRun:
                 elapsed = time.monotonic() - self.started
                 job.estimated_finish = now() + int(elapsed / step * (total - step))
 
+    @survives_outages("storing a checkpoint")
     def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, float | int]) -> None:
         prefix = (
             f"checkpoints/{self.tenant_id}/{self.job_id}/attempt-{self.lease.attempt}-step-{step}"
@@ -204,7 +232,6 @@ class JobRun:
 
     # -- the job ---------------------------------------------------------------------------
     def execute(self) -> None:
-        from ftaas_worker.manifest import device_description, library_versions, model_fingerprint
         from ftaas_worker.recipe import train
 
         self.on_phase(f"Fine-tuning job started (attempt {self.lease.attempt})")
@@ -231,7 +258,15 @@ class JobRun:
             resume_from=resume_from,
         )
         self.on_phase("Uploading the adapter")
-        manifest = {
+        self._finish(result, self._manifest(model_path, hp, result))
+
+    def _manifest(
+        self, model_path: str, hp: ResolvedHyperparameters, result: TrainResult
+    ) -> dict[str, Any]:
+        """What reproduces the adapter: data digests, base model, seed, settings, libraries."""
+        from ftaas_worker.manifest import device_description, library_versions, model_fingerprint
+
+        return {
             "job_id": self.job_id,
             "fine_tuned_model": self.model_name,
             "base_model": {"name": self.model, **model_fingerprint(model_path)},
@@ -244,6 +279,10 @@ class JobRun:
             "steps": result.steps,
             "metrics": result.metrics,
         }
+
+    @survives_outages("storing the adapter")
+    def _finish(self, result: TrainResult, manifest: dict[str, Any]) -> None:
+        """Upload the adapter and the metrics file, then succeed with them in one transaction."""
         (result.adapter_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
         adapter_key = (
             f"adapters/{self.tenant_id}/{self.job_id}/attempt-{self.lease.attempt}/adapter.tar.gz"
@@ -278,6 +317,7 @@ class JobRun:
             if key != kept:
                 self.store.delete_prefix(key)
 
+    @survives_outages("reading the data")
     def _examples(self, which: str) -> list[Example]:
         file_id = self.files[which]
         with self.lease.guard() as (session, _):
@@ -298,12 +338,14 @@ class JobRun:
         self.dataset_digests[which] = {"file": file_id, "sha256": digest.hexdigest()}
         return examples
 
+    @survives_outages("recording the hyperparameters")
     def _record_hyperparameters(self, hp: ResolvedHyperparameters) -> None:
         """Show the resolved values (what "auto" became) on the job, as OpenAI does."""
         with self.lease.guard() as (_, job):
             explained = job.hyperparameters.get("auto_resolved") or auto_choices(self.requested, hp)
             job.hyperparameters = hp.as_dict() | {"auto_resolved": explained}
 
+    @survives_outages("fetching the newest checkpoint")
     def _fetch_resume_state(self) -> Path | None:
         if self.resume_key is None:
             return None
