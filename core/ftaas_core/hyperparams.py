@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 Auto = Literal["auto"]
 BASE_LEARNING_RATE = 2e-4
 DEFAULT_TARGET_MODULES = "all-linear"
+CHECKPOINTING_FROM_SEQ_LENGTH = 4096
+"""From this max_seq_length on, "auto" recomputes activations in the backward pass: they grow
+with the sequence and would dominate memory, while recomputing costs about a third more time."""
 MaxSeqLength = Annotated[int, Field(ge=16, le=131072)]
 """Tokens an example is truncated to; shared with the dataset report so both accept the same."""
 
@@ -43,6 +46,7 @@ class Hyperparameters(BaseModel):
     eval_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     early_stopping_patience: Annotated[int, Field(ge=1, le=1000)] | None = None
     keep_best: bool = False
+    gradient_checkpointing: bool | Auto = "auto"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class ResolvedHyperparameters:
     eval_steps: int | None
     early_stopping_patience: int | None = None
     keep_best: bool = False
+    gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0
 
     def as_dict(self) -> dict[str, object]:
@@ -91,6 +96,8 @@ def auto_choices(hp: Hyperparameters, resolved: ResolvedHyperparameters) -> dict
     reasons = {
         "n_epochs": f"{resolved.n_epochs} (3, moved so examples x epochs stays within 100..25,000)",
         "batch_size": f"{resolved.batch_size} (about 0.2% of the examples, within 1..256)",
+        "gradient_checkpointing": f"{str(resolved.gradient_checkpointing).lower()} (on from "
+        f"max_seq_length {CHECKPOINTING_FROM_SEQ_LENGTH}, where activations dominate memory)",
         "learning_rate_multiplier": f"{resolved.learning_rate_multiplier} "
         + (
             "(not used: learning_rate was given)"
@@ -121,4 +128,9 @@ def resolve(hp: Hyperparameters, n_examples: int) -> ResolvedHyperparameters:
         eval_steps=hp.eval_steps,
         early_stopping_patience=hp.early_stopping_patience,
         keep_best=hp.keep_best,
+        gradient_checkpointing=(
+            hp.max_seq_length >= CHECKPOINTING_FROM_SEQ_LENGTH
+            if hp.gradient_checkpointing == "auto"
+            else hp.gradient_checkpointing
+        ),
     )

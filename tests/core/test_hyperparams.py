@@ -29,5 +29,17 @@ def test_resolution_is_recorded_only_for_auto_values() -> None:
     requested = Hyperparameters(n_epochs="auto", batch_size=4)
     resolved = resolve(requested, 20)
     assert (resolved.n_epochs, resolved.batch_size, resolved.learning_rate) == (5, 4, 2e-4)
-    assert set(auto_choices(requested, resolved)) == {"n_epochs", "learning_rate_multiplier"}
+    assert set(auto_choices(requested, resolved)) == {
+        "n_epochs",
+        "learning_rate_multiplier",
+        "gradient_checkpointing",
+    }
     assert auto_choices(requested, resolved)["n_epochs"].startswith("5 ")
+
+
+def test_gradient_checkpointing_is_on_for_long_sequences_unless_chosen() -> None:
+    assert not resolve(Hyperparameters(max_seq_length=2048), 20).gradient_checkpointing
+    assert resolve(Hyperparameters(max_seq_length=8192), 20).gradient_checkpointing
+    chosen = Hyperparameters(max_seq_length=8192, gradient_checkpointing=False)
+    assert not resolve(chosen, 20).gradient_checkpointing
+    assert "gradient_checkpointing" not in auto_choices(chosen, resolve(chosen, 20))

@@ -203,6 +203,20 @@ def test_preempted_run_resumes_to_identical_weights(model_dir: Path, tmp_path: P
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6)
 
 
+def test_gradient_checkpointing_trains_the_same_losses(model_dir: Path, tmp_path: Path) -> None:
+    """Recomputing activations in the backward pass saves memory and changes no number."""
+    hp = dataclasses.replace(HP, n_epochs=2, lora_dropout=0.0)
+
+    def losses(checkpointing: bool) -> list[float]:
+        chosen = dataclasses.replace(hp, gradient_checkpointing=checkpointing)
+        work_dir = tmp_path / str(checkpointing)
+        return train(
+            str(model_dir), EXAMPLES, None, chosen, 3, work_dir, RecordingHooks()
+        ).per_step_losses
+
+    assert losses(True) == pytest.approx(losses(False), abs=1e-5)
+
+
 def test_cancel_stops_at_once_without_a_checkpoint(model_dir: Path, tmp_path: Path) -> None:
     hooks = RecordingHooks(stop="cancel", stop_after_steps=3)
     hp = dataclasses.replace(HP, n_epochs=2, save_steps=None)

@@ -96,7 +96,9 @@ def test_tiny_model_learns_through_the_service(
     assert done["finished_at"] >= done["created_at"]
     assert done["hyperparameters"]["batch_size"] == 4
     assert done["hyperparameters"]["auto_resolved"] == {
-        "learning_rate_multiplier": "1.0 (not used: learning_rate was given)"
+        "learning_rate_multiplier": "1.0 (not used: learning_rate was given)",
+        "gradient_checkpointing": "false (on from max_seq_length 4096, where activations "
+        "dominate memory)",
     }
 
     log = events(http, job["id"])

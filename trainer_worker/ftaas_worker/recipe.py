@@ -373,7 +373,7 @@ def _encode(
 
 
 def _load_base_model(
-    model_path: str, device: torch.device, gradient_checkpointing: bool
+    model_path: str, device: torch.device, hp: ResolvedHyperparameters
 ) -> PreTrainedModel:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = _load(
@@ -382,7 +382,7 @@ def _load_base_model(
             model_path, trust_remote_code=False, dtype=dtype
         ),
     )
-    if gradient_checkpointing:
+    if hp.gradient_checkpointing:  # activations recomputed in the backward pass
         model.activation_checkpointing_enable()
     return model
 
@@ -425,22 +425,20 @@ def _set_up(
     seed: int,
     work_dir: Path,
     hooks: TrainingHooks,
-    device: str | None,
-    gradient_checkpointing: bool,
 ) -> tuple[_Run, TrainingState]:
     """Everything before the first step, and the state of a fresh run.
 
     Tokenizer and data come before the (possibly large) model, so that bad data fails fast.
     """
     _seed_everything(seed)
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hooks.on_phase("Loading tokenizer")
     tokenizer = _load_tokenizer(model_path)
     train_set, valid_set = _encode(
         tokenizer, train_examples, valid_examples, hp.max_seq_length, hooks
     )
     hooks.on_phase("Loading base model")
-    base_model = _load_base_model(model_path, torch_device, gradient_checkpointing)
+    base_model = _load_base_model(model_path, torch_device, hp)
     model = _wrap_lora(base_model, hp, torch_device)
     state = _initial_state(model, hp, len(train_set))
     run = _Run(
@@ -634,25 +632,13 @@ def train(
     work_dir: Path,
     hooks: TrainingHooks,
     resume_from: Path | None = None,
-    device: str | None = None,
-    gradient_checkpointing: bool = False,
 ) -> TrainResult:
     """Train a LoRA adapter on ``model_path`` and save it with the tokenizer in work_dir/adapter.
 
     With the same seed, a run resumed from one of its checkpoints ends with the same adapter and
     per-step losses as an uninterrupted run (exactly so on CPU).
     """
-    run, state = _set_up(
-        model_path,
-        train_examples,
-        valid_examples,
-        hp,
-        seed,
-        work_dir,
-        hooks,
-        device,
-        gradient_checkpointing,
-    )
+    run, state = _set_up(model_path, train_examples, valid_examples, hp, seed, work_dir, hooks)
     hooks.on_phase(f"Training started: {state.total_steps} steps")
     if resume_from is not None:
         state.load(resume_from, run.model, run.best_dir, run.device)
