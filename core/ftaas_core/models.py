@@ -83,6 +83,8 @@ class Job(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     result_files: Mapped[list[Any]] = mapped_column(default=list)
     idempotency_key: Mapped[str | None] = mapped_column(String(256))
+    # sha256 of the creating request's canonical body: a reused key must come with the same body.
+    request_digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
     estimated_finish: Mapped[int | None] = mapped_column(BigInteger)

@@ -10,6 +10,7 @@ however many processes run it, each attempt is made by one of them (at least onc
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -93,24 +94,88 @@ def retry_delay(attempts: int, base: float) -> float:
     return delay * (1 - 0.25 * random.random())
 
 
-def refusal(url: str) -> str | None:
-    """Why a tenant's webhook URL must not be called, or None.
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-    Its host must resolve only to public addresses: otherwise any tenant could have the service
-    POST to the cloud metadata endpoint, the database or anything else inside the cluster
-    (``FTAAS_WEBHOOK_ALLOW_PRIVATE_NETWORKS`` lifts this for receivers on a private network).
-    """
-    host = httpx2.URL(url).host
+_IPV4_IN_LAST_32_BITS = tuple(
+    ipaddress.IPv6Network(prefix)
+    for prefix in (
+        "64:ff9b::/96",  # NAT64, the well-known prefix
+        "64:ff9b:1::/48",  # NAT64, local use (read as the usual /96 layout)
+        "::ffff:0:0:0/96",  # IPv4-translated
+        "::/96",  # IPv4-compatible (also holds :: and ::1, read as 0.0.0.0 and 0.0.0.1)
+    )
+)
+
+
+class Refused(Exception):
+    """A destination that must not be called; the message says why."""
+
+
+def ipv4_inside(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 host that traffic to ``address`` reaches through a translator or tunnel, if any:
+    such an address is only as public as the IPv4 address it carries."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client, already de-obfuscated
+    if any(address in network for network in _IPV4_IN_LAST_32_BITS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
+
+
+def is_public(address: Address) -> bool:
+    """Globally routable unicast. ``is_global`` alone is not enough: it passes multicast,
+    site-local and IPv6 addresses that carry a private IPv4 one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if (inner := ipv4_inside(address)) is not None:
+            return is_public(inner)
+        if address.is_site_local:
+            return False
+    return address.is_global and not (
+        address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or address.is_link_local
+        or address.is_loopback
+        or address.is_private
+    )
+
+
+def resolve(host: str) -> list[Address]:
+    """Every address ``host`` resolves to, in the resolver's order; an IP literal is itself."""
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        return f"its host {host!r} does not resolve ({exc})"
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if not address.is_global:
-            return f"its host {host!r} resolves to {address}, which is not a public address"
+        raise Refused(f"its host {host!r} does not resolve ({exc})") from exc
+    addresses = (ipaddress.ip_address(str(sockaddr[0]).split("%")[0]) for *_, sockaddr in infos)
+    return list(dict.fromkeys(addresses))
+
+
+def vet(host: str, allow_private: bool = False) -> list[Address]:
+    """``host``'s addresses, resolved once and each one checked; raises :class:`Refused`.
+
+    Only public addresses pass: otherwise any tenant could have the service POST to the cloud
+    metadata endpoint, the database or anything else inside the cluster
+    (``FTAAS_WEBHOOK_ALLOW_PRIVATE_NETWORKS`` lifts this for receivers on a private network).
+    """
+    addresses = resolve(host)
+    if not allow_private:
+        for address in addresses:
+            if not is_public(address):
+                raise Refused(
+                    f"its host {host!r} resolves to {address}, which is not a public address"
+                )
+    return addresses
+
+
+def refusal(url: str) -> str | None:
+    """Why a tenant's webhook URL must not be called (see :func:`vet`), or None."""
+    try:
+        vet(httpx2.URL(url).host)
+    except Refused as refused:
+        return str(refused)
     return None
 
 
@@ -164,16 +229,9 @@ def deliver_due(db: Database, settings: Settings | None = None) -> int:
     claims = _claim(db, settings.webhook_max_attempts)
     if not claims:
         return 0
-    with (
-        httpx2.Client(timeout=DELIVERY_TIMEOUT, follow_redirects=False) as client,
-        ThreadPoolExecutor(max_workers=len(claims), thread_name_prefix="webhook") as pool,
-    ):
-        outcomes = list(
-            pool.map(
-                lambda claim: _send(client, claim, settings.webhook_allow_private_networks),
-                claims,
-            )
-        )
+    allow_private = settings.webhook_allow_private_networks
+    with ThreadPoolExecutor(max_workers=len(claims), thread_name_prefix="webhook") as pool:
+        outcomes = list(pool.map(lambda claim: _attempt(claim, allow_private), claims))
     for claim, outcome in zip(claims, outcomes, strict=True):
         _record(db, claim, outcome, settings)
     return len(claims)
@@ -219,22 +277,62 @@ def _claim(db: Database, max_attempts: int) -> Sequence[Claim]:
     return claims
 
 
+def _attempt(claim: Claim, allow_private: bool) -> Outcome:
+    """One attempt on a client of its own: connections are pooled by IP address, and one whose
+    certificate was verified for one host must not carry a request for another at that IP."""
+    with httpx2.Client(timeout=DELIVERY_TIMEOUT, follow_redirects=False) as client:
+        return _send(client, claim, allow_private)
+
+
 def _send(client: httpx2.Client, claim: Claim, allow_private: bool) -> Outcome:
     """POST the payload, signed now (receivers reject timestamps over 5 minutes old).
 
-    The destination is checked again here, not only when the endpoint was registered: DNS
-    answers change."""
-    if not allow_private and (reason := refusal(claim.url)):
-        return Outcome(None, f"Not sent: {reason}.")
+    The destination is vetted again here, not only when the endpoint was registered (DNS answers
+    change), and the POST goes to the addresses vetted: a second lookup could answer otherwise
+    (DNS rebinding)."""
+    url = httpx2.URL(claim.url)
+    try:
+        addresses = vet(url.host, allow_private)
+    except Refused as refused:
+        return Outcome(None, f"Not sent: {refused}.")
     headers = signed_headers(claim.secret, claim.id, claim.payload, int(time.time()))
     try:
-        # Streamed and never read: the receiver's answer body is none of our business.
-        with client.stream("POST", claim.url, content=claim.payload.encode(), headers=headers) as r:
-            if r.is_success:
-                return Outcome(r.status_code, None)
-            return Outcome(r.status_code, f"HTTP {r.status_code} {r.reason_phrase}".strip())
+        return _post_to_any(client, url, addresses, claim.payload, headers)
     except (httpx2.HTTPError, httpx2.InvalidURL) as exc:
         return Outcome(None, f"{type(exc).__name__}: {exc}"[:1000])
+
+
+def _post_to_any(
+    client: httpx2.Client,
+    url: httpx2.URL,
+    addresses: Sequence[Address],
+    payload: str,
+    headers: dict[str, str],
+) -> Outcome:
+    """Each address in turn until one takes the connection, as ``socket.create_connection`` goes
+    through the addresses it resolves (a host's IPv6 one may be unreachable from here)."""
+    *others, last = addresses
+    for address in others:
+        with contextlib.suppress(httpx2.ConnectError):
+            return _post(client, url, address, payload, headers)
+    return _post(client, url, last, payload, headers)
+
+
+def _post(
+    client: httpx2.Client, url: httpx2.URL, address: Address, payload: str, headers: dict[str, str]
+) -> Outcome:
+    """POST to ``url`` at ``address``: the URL names the IP, so nothing resolves the host again,
+    while the Host header and TLS (SNI, certificate check) keep the host's name."""
+    pinned = url.copy_with(host=str(address))
+    headers = headers | {"host": url.netloc.decode("ascii")}
+    extensions = {"sni_hostname": url.raw_host.decode("ascii")}
+    # Streamed and never read: the receiver's answer body is none of our business.
+    with client.stream(
+        "POST", pinned, content=payload.encode(), headers=headers, extensions=extensions
+    ) as r:
+        if r.is_success:
+            return Outcome(r.status_code, None)
+        return Outcome(r.status_code, f"HTTP {r.status_code} {r.reason_phrase}".strip())
 
 
 def _record(db: Database, claim: Claim, outcome: Outcome, settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import pytest
@@ -128,6 +129,65 @@ def test_idempotency_key_returns_the_same_job(http: httpx2.Client, training_file
     assert first.json()["id"] == again.json()["id"]
     other = create(http, training_file=training_file)
     assert other.json()["id"] != first.json()["id"]
+
+
+def test_idempotency_key_ignores_key_order_and_whitespace(
+    http: httpx2.Client, training_file: str
+) -> None:
+    """The body is compared as the request it means, not as the bytes that were sent."""
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = http.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": "tiny", "training_file": training_file, "seed": 3},
+        headers=key,
+    )
+    again = http.post(
+        "/v1/fine_tuning/jobs",
+        content=f'{{ "seed": 3,\n  "training_file": "{training_file}", "model": "tiny" }}',
+        headers=key | {"Content-Type": "application/json"},
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+
+
+def test_idempotency_key_reused_with_another_body_is_a_400(
+    http: httpx2.Client, training_file: str
+) -> None:
+    """Stripe's rule: a key names one request; a different body under it is a client error (400,
+    not 409, which the openai SDK retries), never the first request's job."""
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    body = {"model": "tiny", "training_file": training_file, "hyperparameters": {"n_epochs": 1}}
+    first = http.post("/v1/fine_tuning/jobs", json=body, headers=key).json()
+    other = body | {"hyperparameters": {"n_epochs": 7}, "suffix": "second"}
+    reused = http.post("/v1/fine_tuning/jobs", json=other, headers=key)
+    assert reused.status_code == 400, reused.text
+    error = reused.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert (error["param"], error["code"]) == ("Idempotency-Key", "idempotency_key_reused")
+    assert "Idempotency-Key" in error["message"] and "different" in error["message"]
+    assert http.post("/v1/fine_tuning/jobs", json=body, headers=key).json()["id"] == first["id"]
+    kept = http.get(f"/v1/fine_tuning/jobs/{first['id']}").json()
+    assert kept["hyperparameters"]["n_epochs"] == 1
+
+
+def test_concurrent_retries_with_one_key_make_one_job(
+    http: httpx2.Client, training_file: str
+) -> None:
+    """Retries race the first attempt: the unique index picks one insert; the same body gets that
+    job, another body under the same key a 400, whichever insert won."""
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    bodies = [
+        {"model": "tiny", "training_file": training_file, "seed": seed} for seed in (1, 2) * 4
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(
+            pool.map(lambda b: http.post("/v1/fine_tuning/jobs", json=b, headers=key), bodies)
+        )
+    made = {r.json()["id"]: r.json()["seed"] for r in responses if r.is_success}
+    assert len(made) == 1, made
+    (winner,) = made.values()
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.status_code == (200 if body["seed"] == winner else 400), response.text
 
 
 def test_job_pagination_newest_first(http: httpx2.Client, training_file: str) -> None:

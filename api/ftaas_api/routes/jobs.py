@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -75,6 +77,12 @@ class JobCreate(Strict):
                 param="hyperparameters",
             )
         return nested or self.hyperparameters or Hyperparameters()
+
+    def digest(self) -> str:
+        """sha256 of the request as validated, keys sorted: the same request sent with other
+        whitespace, key order or spelled-out defaults has the same digest."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # Built once: constructing a statement costs about as much as running it on every poll.
@@ -154,6 +162,7 @@ def _validate_and_insert(
         metadata_=body.metadata,
         result_files=[],
         idempotency_key=key,
+        request_digest=body.digest(),
     )
     try:
         return lifecycle.create(session, job, settings.max_active_jobs)
@@ -180,7 +189,7 @@ def create_job(
         with db.session() as session:
             existing = session.scalar(select(Job).where(*scope))
             if existing is not None:
-                return job_wire(existing)
+                return _replay(existing, body)
     try:
         with db.session() as session:
             job = _validate_and_insert(session, tenant, body, idempotency_key, settings)
@@ -189,9 +198,23 @@ def create_job(
             existing = session.scalar(select(Job).where(*scope))
         if existing is None:
             raise
-        return job_wire(existing)
+        return _replay(existing, body)
     lifecycle.enqueue(job)
     return _read_job(db, tenant, job.id)
+
+
+def _replay(job: Job, body: JobCreate) -> FineTuningJob:
+    """The job an Idempotency-Key made, again, if ``body`` is the request that made it (Stripe's
+    rule); 400, not 409, otherwise: the openai SDK retries 409s and this can never succeed."""
+    if job.request_digest not in (None, body.digest()):  # None: made before digests were kept
+        raise APIError(
+            400,
+            "This Idempotency-Key was already used with a different request body; "
+            "use a new key for a different request.",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return job_wire(job)
 
 
 @router.get("")
