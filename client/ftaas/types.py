@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 T = TypeVar("T")
 
@@ -55,6 +55,16 @@ class FileObject(WireModel):
     status: str
     status_details: str | None = None
     expires_at: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_optionals(self, handler: SerializerFunctionWrapHandler):
+        """OpenAI types these two as a string and an integer, never null: absent when empty.
+        (No return annotation: pydantic would document the model as that type instead.)"""
+        data = handler(self)
+        for name in ("status_details", "expires_at"):
+            if isinstance(data, dict) and data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class FileDeleted(WireModel):
@@ -255,6 +265,17 @@ class FileReport(FileFindings):
     n_overlapping: int = 0
     overlapping: list[RepeatedExample] = []
     preview: ExamplePreview | None = None
+
+
+class Sample(WireModel):
+    """One line of a job's ``samples.jsonl`` result file: a prompt the job saw (a validation one
+    when it had a validation file), its reference answer, and the base and fine-tuned models'
+    greedy answers."""
+
+    prompt: list[dict[str, str]] | str
+    reference: str
+    base: str
+    fine_tuned: str
 
 
 class Manifest(WireModel):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ftaas_core.builtin_models import builtin_catalogue
 
 
 class Settings(BaseSettings):
@@ -21,6 +23,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     models: dict[str, str] = Field(default_factory=dict)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    upload_tmp_max_age_seconds: int = Field(default=24 * 3600, gt=0)
     worker_lease_seconds: int = Field(default=60, ge=2)
     outage_retry_seconds: float = Field(default=120.0, gt=0)
     max_job_retries: int = Field(default=3, ge=0)
@@ -34,6 +37,13 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(default=5.0, gt=0)
     webhook_allow_private_networks: bool = False
 
+    @model_validator(mode="after")
+    def _builtin_models(self) -> Settings:
+        """With no FTAAS_MODELS, the catalogue is the built-in models that are installed."""
+        if "models" not in self.model_fields_set:
+            self.models = builtin_catalogue(self.data_dir)
+        return self
+
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'ftaas.db'}"
@@ -41,6 +51,12 @@ class Settings(BaseSettings):
     @property
     def object_store_url(self) -> str:
         return self.storage_url or (self.data_dir.resolve() / "objects").as_uri()
+
+    @property
+    def upload_tmp_dir(self) -> Path:
+        """Where uploads stream before they are validated; holds nothing else, so the janitor
+        may remove whatever has been left there longer than ``upload_tmp_max_age_seconds``."""
+        return self.data_dir.resolve() / "tmp"
 
     @property
     def embedded_redis_path(self) -> Path:

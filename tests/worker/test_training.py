@@ -99,6 +99,8 @@ def test_tiny_model_learns_through_the_service(
         "learning_rate_multiplier": "1.0 (not used: learning_rate was given)",
         "gradient_checkpointing": "false (on from max_seq_length 4096, where activations "
         "dominate memory)",
+        "replay": "0.25 (the base model's own answers to general prompts, a quarter as many as "
+        "the training examples, so it keeps what it knew)",
     }
 
     log = events(http, job["id"])
@@ -121,6 +123,18 @@ def test_tiny_model_learns_through_the_service(
 
     results = http.get(f"/v1/files/{done['result_files'][0]}/content").text
     assert results.splitlines()[0].startswith("step,train_loss")
+    samples_file = http.get(f"/v1/files/{done['result_files'][1]}").json()
+    assert samples_file["filename"] == "samples.jsonl"
+    samples = [
+        json.loads(line)
+        for line in http.get(f"/v1/files/{samples_file['id']}/content").text.splitlines()
+    ]
+    assert 0 < len(samples) <= 20
+    assert {"prompt", "reference", "base", "fine_tuned"} <= set(samples[0])
+    assert sum(s["fine_tuned"] == s["reference"] for s in samples) > sum(
+        s["base"] == s["reference"] for s in samples
+    )  # the tiny model learned its validation answers; its base knew none
+    assert metrics[-1]["retention_kl"] >= 0  # the final metrics event says how far it moved
 
     adapter = download_adapter(
         http, f"/v1/fine_tuning/jobs/{job['id']}/adapter", tmp_path / "final"
@@ -130,6 +144,7 @@ def test_tiny_model_learns_through_the_service(
     }
     manifest = http.get(f"/v1/fine_tuning/jobs/{job['id']}/manifest").json()
     assert manifest == json.loads((adapter / "manifest.json").read_text())
+    assert manifest["retention"]["kl"] == metrics[-1]["retention_kl"]
     assert manifest["seed"] == 1234
     assert (
         manifest["datasets"]["training"]["sha256"] == hashlib.sha256(taught_dataset()).hexdigest()

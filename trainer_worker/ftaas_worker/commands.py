@@ -22,6 +22,12 @@ def _tiny_model(args: argparse.Namespace) -> None:
     print(build_tiny_model(Path(args.dir)))
 
 
+def _model_from_gguf(args: argparse.Namespace) -> None:
+    from ftaas_worker.gguf import model_folder_from_gguf
+
+    print(model_folder_from_gguf(Path(args.gguf), Path(args.dir), args.dtype))
+
+
 def register(groups: Mapping[str, CommandGroup]) -> None:
     commands = groups["ftaas"]
     worker = commands.add_parser("worker", help="run a training worker (one GPU)")
@@ -33,3 +39,12 @@ def register(groups: Mapping[str, CommandGroup]) -> None:
     )
     tiny.add_argument("dir")
     tiny.set_defaults(func=_tiny_model)
+
+    convert = commands.add_parser(
+        "model-from-gguf",
+        help="turn a GGUF file into a model folder for FTAAS_MODELS (weights, tokenizer, template)",
+    )
+    convert.add_argument("gguf", help="the .gguf file")
+    convert.add_argument("dir", help="the model folder to write")
+    convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    convert.set_defaults(func=_model_from_gguf)

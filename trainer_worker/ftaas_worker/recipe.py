@@ -35,7 +35,9 @@ from transformers import (
 from ftaas_core.datasets import Example
 from ftaas_core.encoding import IGNORE_INDEX, EncodedExample, encode_examples
 from ftaas_core.hyperparams import ResolvedHyperparameters
+from ftaas_worker import probes
 from ftaas_worker.batches import collate, make_batches
+from ftaas_worker.probes import BaseAnswers
 
 METRIC_REPORTS_PER_RUN = 50
 EVALS_PER_RUN = 5
@@ -64,13 +66,17 @@ class TrainingHooks(Protocol):
 
 @dataclass
 class TrainResult:
-    """What the job records: where the adapter is, the billed tokens and the final metrics."""
+    """What the job records: where the adapter is, the billed tokens, the final metrics, and
+    what the model now answers (samples) and how far it moved from its base (retention)."""
 
     adapter_dir: Path
     trained_tokens: int
     steps: int
     metrics: Metrics
     per_step_losses: list[float]
+    samples: list[dict[str, Any]]
+    retention_kl: float
+    base_answers: BaseAnswers
 
 
 class ModelLoadError(RuntimeError):
@@ -313,6 +319,8 @@ class _Run:
     valid_set: list[EncodedExample]
     eval_every: int
     report_every: int
+    base_answers: BaseAnswers
+    sampled: Sequence[Example]  # whose prompts the final samples answer
 
     @property
     def best_dir(self) -> Path:
@@ -417,6 +425,29 @@ def _initial_state(model: PeftModel, hp: ResolvedHyperparameters, n_examples: in
     return TrainingState(optimizer, scheduler, total_steps)
 
 
+def _mix_in_replay(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    hp: ResolvedHyperparameters,
+    hooks: TrainingHooks,
+    train_set: list[EncodedExample],
+    base_answers: BaseAnswers | None,
+) -> BaseAnswers:
+    """The base model's answers to the general prompts that replay and retention need (those
+    not given are generated), and ``hp.replay`` replay examples per training example added to
+    ``train_set``."""
+    answers = base_answers or BaseAnswers({})
+    replayed = probes.replay_prompts(hp.replay, len(train_set))
+    if set(replayed + probes.general_prompts().retention) - set(answers.answers):
+        hooks.on_phase("Asking the base model the general prompts (replay and retention)")
+        answers.ask(model, tokenizer, replayed + probes.general_prompts().retention)
+    replay = probes.replay_examples(answers, replayed)
+    if replay:
+        train_set += encode_examples(tokenizer, replay, hp.max_seq_length)[0]
+        hooks.on_phase(f"Mixed in {len(replay)} of the base model's own answers (replay)")
+    return answers
+
+
 def _set_up(
     model_path: str,
     train_examples: Sequence[Example],
@@ -425,6 +456,7 @@ def _set_up(
     seed: int,
     work_dir: Path,
     hooks: TrainingHooks,
+    base_answers: BaseAnswers | None,
 ) -> tuple[_Run, TrainingState]:
     """Everything before the first step, and the state of a fresh run.
 
@@ -438,8 +470,8 @@ def _set_up(
         tokenizer, train_examples, valid_examples, hp.max_seq_length, hooks
     )
     hooks.on_phase("Loading base model")
-    base_model = _load_base_model(model_path, torch_device, hp)
-    model = _wrap_lora(base_model, hp, torch_device)
+    model = _wrap_lora(_load_base_model(model_path, torch_device, hp), hp, torch_device)
+    base_answers = _mix_in_replay(model, tokenizer, hp, hooks, train_set, base_answers)
     state = _initial_state(model, hp, len(train_set))
     run = _Run(
         hp=hp,
@@ -454,6 +486,8 @@ def _set_up(
         valid_set=valid_set,
         eval_every=hp.eval_steps or max(1, state.total_steps // EVALS_PER_RUN),
         report_every=max(1, state.total_steps // METRIC_REPORTS_PER_RUN),
+        base_answers=base_answers,
+        sampled=valid_examples or train_examples,
     )
     return run, state
 
@@ -585,7 +619,8 @@ def _train_epoch(run: _Run, state: TrainingState, since: _Since) -> bool:
             metrics |= valid_metrics
         if evaluated or finished or state.step % run.report_every == 0:
             metrics["tokens_per_second"] = since.tokens_per_second()
-            run.hooks.on_metrics(metrics)
+            if not (finished or stop_early):  # the last step's go out with the final probes
+                run.hooks.on_metrics(metrics)
         if stop_early and not finished:
             best = state.best
             run.hooks.on_phase(
@@ -601,7 +636,7 @@ def _train_epoch(run: _Run, state: TrainingState, since: _Since) -> bool:
     return False
 
 
-def _save_final_adapter(run: _Run, state: TrainingState) -> TrainResult:
+def _save_final_adapter(run: _Run, state: TrainingState) -> tuple[Path, Metrics]:
     """The adapter (the best one when asked), with the tokenizer so that it serves alone."""
     metrics, best = state.metrics, state.best
     if run.hp.keep_best and run.best_dir.exists() and best.step != state.step:
@@ -613,6 +648,17 @@ def _save_final_adapter(run: _Run, state: TrainingState) -> TrainResult:
     adapter_dir = run.work_dir / "adapter"
     run.model.save_pretrained(adapter_dir)
     run.tokenizer.save_pretrained(adapter_dir)
+    return adapter_dir, metrics
+
+
+def _finish(run: _Run, state: TrainingState) -> TrainResult:
+    """The final adapter, then what it answers and how far it moved from its base."""
+    adapter_dir, metrics = _save_final_adapter(run, state)
+    run.hooks.on_phase("Comparing base and fine-tuned answers")
+    samples = probes.samples(run.model, run.tokenizer, run.sampled)
+    retention = probes.retention_kl(run.model, run.tokenizer, run.base_answers)
+    metrics = metrics | {"retention_kl": retention}
+    run.hooks.on_metrics(metrics)
     run.hooks.on_phase("Training finished")
     return TrainResult(
         adapter_dir=adapter_dir,
@@ -620,6 +666,9 @@ def _save_final_adapter(run: _Run, state: TrainingState) -> TrainResult:
         steps=state.step,
         metrics=metrics,
         per_step_losses=state.per_step_losses,
+        samples=samples,
+        retention_kl=retention,
+        base_answers=run.base_answers,
     )
 
 
@@ -632,13 +681,17 @@ def train(
     work_dir: Path,
     hooks: TrainingHooks,
     resume_from: Path | None = None,
+    base_answers: BaseAnswers | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``model_path`` and save it with the tokenizer in work_dir/adapter.
 
     With the same seed, a run resumed from one of its checkpoints ends with the same adapter and
-    per-step losses as an uninterrupted run (exactly so on CPU).
+    per-step losses as an uninterrupted run (exactly so on CPU). ``base_answers``: the base
+    model's answers to the general prompts from an earlier run, to skip generating them.
     """
-    run, state = _set_up(model_path, train_examples, valid_examples, hp, seed, work_dir, hooks)
+    run, state = _set_up(
+        model_path, train_examples, valid_examples, hp, seed, work_dir, hooks, base_answers
+    )
     hooks.on_phase(f"Training started: {state.total_steps} steps")
     if resume_from is not None:
         state.load(resume_from, run.model, run.best_dir, run.device)
@@ -650,4 +703,4 @@ def train(
         state.epoch, state.batch_position = state.epoch + 1, 0
         hooks.on_phase(f"Epoch {state.epoch}/{hp.n_epochs} done")
         _checkpoint(run, state, since)
-    return _save_final_adapter(run, state)
+    return _finish(run, state)

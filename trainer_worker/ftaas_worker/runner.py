@@ -38,7 +38,7 @@ from ftaas_core.leases import Lease, LeaseLost
 from ftaas_core.models import Checkpoint, File, JobEvent, Tenant, now
 from ftaas_core.outages import ServiceOutage, retrying
 from ftaas_core.settings import Settings, get_settings
-from ftaas_core.storage import ObjectStore, get_store, iter_stream, put_file
+from ftaas_core.storage import ObjectNotFound, ObjectStore, get_store, iter_stream, put_file
 
 log = logging.getLogger("ftaas.worker")
 
@@ -49,6 +49,7 @@ def survives_outages(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
 
 
 if TYPE_CHECKING:
+    from ftaas_worker.probes import BaseAnswers
     from ftaas_worker.recipe import TrainResult
 
 P = ParamSpec("P")
@@ -180,11 +181,14 @@ class JobRun:
             )
 
     # -- the recipe's hooks -------------------------------------------------------------------
-    @survives_outages("recording progress")
     def on_phase(self, message: str) -> None:
         self.phase = message
+        self._event(message)
+
+    @survives_outages("recording an event")
+    def _event(self, message: str, level: str = "info") -> None:
         with self.lease.guard() as (session, job):
-            add_event(session, job.id, message)
+            add_event(session, job.id, message, level=level)
 
     @survives_outages("recording metrics")
     def on_metrics(self, data: dict[str, float | int]) -> None:
@@ -232,21 +236,20 @@ class JobRun:
 
     # -- the job ---------------------------------------------------------------------------
     def execute(self) -> None:
+        from ftaas_worker.manifest import model_fingerprint
+        from ftaas_worker.probes import RETENTION_WARNING_KL
         from ftaas_worker.recipe import train
 
         self.on_phase(f"Fine-tuning job started (attempt {self.lease.attempt})")
-        model_path = self.settings.models.get(self.model)
-        if model_path is None:
-            raise JobFailed(
-                "model_not_available",
-                f"Model '{self.model}' is no longer in this deployment's catalogue.",
-            )
+        model_path = self._model_path()
         self.phase = "Reading the training data"
         train_examples = self._examples("training")
         valid_examples = self._examples("validation") if self.files["validation"] else None
         hp = resolve(self.requested, len(train_examples))
         self._record_hyperparameters(hp)
         resume_from = self._fetch_resume_state()
+        fingerprint = model_fingerprint(model_path)
+        answers_key = _base_answers_key(self.model, fingerprint)
         result = train(
             model_path,
             train_examples,
@@ -256,20 +259,59 @@ class JobRun:
             self.work_dir / "train",
             self,
             resume_from=resume_from,
+            base_answers=self._cached_base_answers(answers_key),
         )
+        self._cache_base_answers(answers_key, result.base_answers)
+        if result.retention_kl > RETENTION_WARNING_KL:
+            self._event(
+                f"The model moved far from its base on general prompts (retention KL "
+                f"{result.retention_kl:.3f} > {RETENTION_WARNING_KL}): it may have forgotten "
+                "some of what it knew; raise `replay` or lower the epochs or learning rate",
+                level="warn",
+            )
         self.on_phase("Uploading the adapter")
-        self._finish(result, self._manifest(model_path, hp, result))
+        self._finish(result, self._manifest(hp, result, fingerprint))
+
+    def _model_path(self) -> str:
+        """The catalogue's path for the job's model; a built-in one is made on first use."""
+        from ftaas_worker.gguf import prepare_builtin
+
+        model_path = self.settings.models.get(self.model)
+        if model_path is None:
+            raise JobFailed(
+                "model_not_available",
+                f"Model '{self.model}' is no longer in this deployment's catalogue.",
+            )
+        if prepare_builtin(self.model, Path(model_path)):
+            self.on_phase(f"Prepared the built-in model {self.model} from its GGUF file")
+        return model_path
+
+    @survives_outages("reading the base model's cached answers")
+    def _cached_base_answers(self, key: str) -> BaseAnswers | None:
+        from ftaas_worker.probes import BaseAnswers
+
+        try:
+            with self.store.open(key) as stream:
+                return BaseAnswers.from_json(stream.read().decode())
+        except ObjectNotFound:
+            return None
+
+    @survives_outages("caching the base model's answers")
+    def _cache_base_answers(self, key: str, answers: BaseAnswers) -> None:
+        self.store.put_stream(key, [answers.to_json().encode()])
 
     def _manifest(
-        self, model_path: str, hp: ResolvedHyperparameters, result: TrainResult
+        self, hp: ResolvedHyperparameters, result: TrainResult, fingerprint: dict[str, Any]
     ) -> dict[str, Any]:
-        """What reproduces the adapter: data digests, base model, seed, settings, libraries."""
-        from ftaas_worker.manifest import device_description, library_versions, model_fingerprint
+        """What reproduces the adapter (data digests, base model, seed, settings, libraries),
+        and how far it moved from its base."""
+        from ftaas_worker.manifest import device_description, library_versions
+        from ftaas_worker.probes import RETENTION_WARNING_KL, general_prompts
 
         return {
             "job_id": self.job_id,
             "fine_tuned_model": self.model_name,
-            "base_model": {"name": self.model, **model_fingerprint(model_path)},
+            "base_model": {"name": self.model, **fingerprint},
             "datasets": self.dataset_digests,
             "seed": self.seed,
             "hyperparameters": hp.as_dict(),
@@ -278,6 +320,12 @@ class JobRun:
             "trained_tokens": result.trained_tokens,
             "steps": result.steps,
             "metrics": result.metrics,
+            "retention": {
+                "kl": result.retention_kl,
+                "warning_above": RETENTION_WARNING_KL,
+                "prompts": len(general_prompts().retention),
+                "replay": hp.replay,
+            },
         }
 
     @survives_outages("storing the adapter")
@@ -289,9 +337,12 @@ class JobRun:
         )
         sha256 = self._put_tar(adapter_key, result.adapter_dir, None)
         metrics = self._metrics_history()
-        results = self._store_metrics_csv(metrics)
+        results = [
+            self._store_result("step_metrics.csv", _metrics_csv(metrics)),
+            self._store_result("samples.jsonl", _jsonl(result.samples)),
+        ]
         with self.lease.guard() as (session, _):
-            session.add(results)
+            session.add_all(results)
             if speeds := [
                 row["tokens_per_second"] for row in metrics if "tokens_per_second" in row
             ]:
@@ -304,7 +355,7 @@ class JobRun:
                 self.lease.attempt,
                 fine_tuned_model=self.model_name,
                 trained_tokens=result.trained_tokens,
-                result_files=[results.id],
+                result_files=[file.id for file in results],
                 adapter_key=adapter_key,
                 adapter_sha256=sha256,
                 manifest=manifest,
@@ -383,25 +434,39 @@ class JobRun:
                 )
             )
 
-    def _store_metrics_csv(self, metrics: list[dict[str, Any]]) -> File:
-        """The per-step metrics as a result file, like OpenAI's ``step_metrics.csv``."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(metrics)
-        data = buffer.getvalue().encode()
+    def _store_result(self, filename: str, data: bytes) -> File:
+        """A result file of the job, listed in its ``result_files`` as OpenAI lists them."""
         file_id = new_id("file")
         key = f"files/{self.tenant_id}/{file_id}"
         self.store.put_stream(key, [data])
         return File(
             id=file_id,
             tenant_id=self.tenant_id,
-            filename="step_metrics.csv",
+            filename=filename,
             purpose="fine-tune-results",
             bytes=len(data),
             status="processed",
             storage_key=key,
         )
+
+
+def _metrics_csv(metrics: list[dict[str, Any]]) -> bytes:
+    """The per-step metrics, like OpenAI's ``step_metrics.csv``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(metrics)
+    return buffer.getvalue().encode()
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows)
+
+
+def _base_answers_key(model: str, fingerprint: dict[str, Any]) -> str:
+    """Where a base model's answers to the general prompts are cached: per model revision."""
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return f"cache/base-answers/{model}/{digest}.json"
 
 
 def _hashed(chunks: Iterator[bytes], digest: Any) -> Iterator[bytes]:
