@@ -28,7 +28,9 @@ class ServiceOutage(Exception):
     """The object store or the database stayed unreachable past the retry bound."""
 
     def __init__(self, what: str, seconds: float, cause: BaseException) -> None:
-        super().__init__(f"{what}: unreachable for {seconds:.0f} s ({type(cause).__name__}: {cause})")
+        super().__init__(
+            f"{what}: unreachable for {seconds:.0f} s ({type(cause).__name__}: {cause})"
+        )
         self.what = what
 
 
