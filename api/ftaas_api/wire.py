@@ -50,13 +50,14 @@ def job_wire(row: models.Job | Row[Any], **extra: Any) -> FineTuningJob:
 
 
 def event_wire(row: models.JobEvent) -> JobEvent:
+    """A message event carries ``data: {}``: OpenAI documents ``data`` as an object."""
     return JobEvent(
         id=row.id,
         created_at=row.created_at,
         level=row.level,
         message=row.message,
         type=row.type,
-        data=row.data,
+        data=row.data if row.data is not None else {},
     )
 
 
