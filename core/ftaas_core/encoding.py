@@ -43,8 +43,9 @@ def _trained_spans(
     """Render the chat; return the text, the trained character spans and where to add an eos.
 
     A trained assistant turn spans from the end of the generation prompt that precedes it to the
-    end of the turn, so the template's end-of-turn marker is trained too. Templates that put no
-    marker after the content get an eos token inserted after it instead.
+    end of the turn's end-of-turn marker, which is trained too (the whitespace a template puts
+    after it is not: generation stops at the marker). Templates that put no marker after the
+    content get an eos token inserted after it instead.
     """
     messages = [{"role": m.role, "content": m.content} for m in example.messages]
 
@@ -71,8 +72,8 @@ def _trained_spans(
         has_end_marker = (
             turn.endswith(eos) or not turn.endswith(content) or (not content and bool(turn))
         )
-        if has_end_marker:
-            spans.append((len(prompt), len(through_turn)))
+        if has_end_marker:  # trained through the marker, not the whitespace after it
+            spans.append((len(prompt), len(prompt) + len(turn)))
         else:
             spans.append((len(prompt), len(prompt) + len(turn)))
             eos_positions.append(len(prompt) + len(turn))

@@ -1,4 +1,5 @@
-"""Loss masks, EOS and truncation of encoded examples, on the tiny tokenizer."""
+"""Loss masks, EOS and truncation of encoded examples, on the tiny tokenizer and on a real
+ChatML one (SmolLM2's)."""
 
 from __future__ import annotations
 
@@ -158,3 +159,36 @@ def test_template_breaking_the_prefix_property_is_rejected(tok: PreTrainedTokeni
 
     with pytest.raises(ValueError, match="chat template"):
         encode_example(tok, example, max_seq_length=512)
+
+
+def test_chatml_trains_exactly_each_answer_and_its_im_end(smollm2: Path) -> None:
+    """Token by token on SmolLM2's real tokenizer: every assistant turn's content and its
+    ``<|im_end|>`` are trained, nothing of the system or user turns, nor the newline after."""
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    assert tok.eos_token == "<|im_end|>"
+    example = chat(
+        ("system", "Answer briefly."),
+        ("user", "Capital of Zubrovia?"),
+        ("assistant", "Quellbrook.", 1),
+        ("user", "And its river?"),
+        ("assistant", "The Kelda.", 1),
+    )
+    encoded = encode_example(tok, example, max_seq_length=512)
+    trained = [
+        tok.decode([t])
+        for t, label in zip(encoded.input_ids, encoded.labels, strict=True)
+        if label != M
+    ]
+    answers = [
+        *ids(tok, "Quellbrook."),
+        tok.eos_token_id,
+        *ids(tok, "The Kelda."),
+        tok.eos_token_id,
+    ]
+    assert [
+        t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != M
+    ] == answers, trained
+    text = tok.decode(encoded.input_ids)
+    assert text.startswith("<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\n")
+    for label, token in zip(encoded.labels, encoded.input_ids, strict=True):
+        assert label in (M, token)  # a trained label is its own token, shifted by the loss
