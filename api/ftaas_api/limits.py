@@ -1,5 +1,4 @@
-"""A bound on request bodies other than the streamed file upload (the rate limit is in
-:mod:`ftaas_api.auth`)."""
+"""A bound on every request body (the rate limit is in :mod:`ftaas_api.auth`)."""
 
 from __future__ import annotations
 
@@ -7,26 +6,26 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ftaas_api.errors import error_response
+from ftaas_api.uploads import max_body_bytes
 from ftaas_core.settings import get_settings
 
 
 class BodyLimit:
-    """Refuse request bodies over ``max_request_bytes`` (413) while they stream in.
+    """Refuse request bodies over their bound (413) while they stream in.
 
-    The file upload route enforces its own, larger limit as it parses, so it is exempt.
+    The bound is ``max_request_bytes``, or for a file upload the upload limit plus what its other
+    parts may hold: the upload parser bounds the file and each part, this the whole body, which
+    also holds what the parser skips (a preamble, an epilogue).
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exempt = scope["type"] != "http" or (
-            scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files"
-        )
-        if exempt:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = get_settings().max_request_bytes
+        limit = _limit(scope)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             response = error_response(413, _too_large_message(limit), code="body_too_large")
@@ -45,6 +44,13 @@ class BodyLimit:
             return message
 
         await self.app(scope, bounded, send)
+
+
+def _limit(scope: Scope) -> int:
+    settings = get_settings()
+    if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
+        return max_body_bytes(settings.max_upload_bytes)
+    return settings.max_request_bytes
 
 
 def _too_large_message(limit: int) -> str:

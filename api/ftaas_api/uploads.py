@@ -1,26 +1,45 @@
 """Streaming multipart reader for file uploads.
 
-The body is parsed as it arrives: the file part goes to a temporary file and through the JSONL
-validator chunk by chunk, and the size limit is enforced while streaming (413), so memory stays
-flat whatever the upload's size and nothing reaches the object store before it has passed.
+The body is parsed as it arrives: the one file part goes to a temporary file and through the
+JSONL validator chunk by chunk, every other part is a small form field. Everything is bounded
+while it streams, so memory stays flat whatever is sent: the file (413), the number of parts,
+each field and each part header (400), and the whole body (413, by :mod:`ftaas_api.limits`).
+Nothing is kept unless the body ends with its closing boundary, and nothing reaches the object
+store before that.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from fastapi import Request
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from ftaas_api.errors import APIError
 from ftaas_core.datasets import DatasetReport, DatasetValidator
 
-MAX_FIELD_BYTES = 64 * 1024
-MULTIPART_OVERHEAD = 64 * 1024
+log = logging.getLogger("ftaas.api")
+
+MAX_PARTS = 16
+MAX_FIELD_BYTES = 4 * 1024
+MAX_PART_HEADERS = 8
+MAX_HEADER_BYTES = 4 * 1024
+"""One header line: room for a long ``Content-Disposition`` filename."""
+MULTIPART_OVERHEAD = MAX_PARTS * (MAX_FIELD_BYTES + MAX_PART_HEADERS * MAX_HEADER_BYTES + 512)
+"""The most a valid body holds besides the file's bytes (512: a delimiter line of the longest
+boundary python-multipart accepts, and header line ends)."""
+
+
+def max_body_bytes(max_upload_bytes: int) -> int:
+    """The bound of a whole upload body: the file's limit plus whatever else may be valid."""
+    return max_upload_bytes + MULTIPART_OVERHEAD
 
 
 @dataclass
@@ -36,20 +55,40 @@ class ReceivedUpload:
             self.path.unlink(missing_ok=True)
 
 
+class _DatasetFile:
+    """The file part: a temporary file and the JSONL validator, fed the same chunks."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.out: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by finish()
+            dir=tmp_dir, prefix="upload-", suffix=".jsonl", delete=False
+        )
+        self.path = Path(self.out.name)
+        self.validator = DatasetValidator()
+
+    def write(self, chunk: bytes) -> None:
+        self.out.write(chunk)
+        self.validator.feed(chunk)
+
+    def finish(self) -> DatasetReport:
+        self.out.close()
+        return self.validator.finish()
+
+
 class _Receiver:
-    """Parser callbacks: route each part's bytes to a form field or to the dataset file."""
+    """Parser callbacks: route each part's bytes to its form field or to the dataset file."""
 
     def __init__(self, max_bytes: int, tmp_dir: Path) -> None:
         self.max_bytes = max_bytes
         self.tmp_dir = tmp_dir
         self.upload = ReceivedUpload()
+        self.ended = False
+        self._parts = 0
         self._headers: dict[bytes, bytes] = {}
         self._header_field = b""
         self._header_value = b""
-        self._name: str | None = None
-        self._value = bytearray()
-        self._out: IO[bytes] | None = None
-        self._validator: DatasetValidator | None = None
+        self._name = ""
+        self._field: bytearray | None = None  # the value being read; None in the file part
+        self._file: _DatasetFile | None = None
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -60,10 +99,14 @@ class _Receiver:
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
+            "on_end": self._end,
         }
 
     def _part_begin(self) -> None:
-        self._headers, self._name, self._value = {}, None, bytearray()
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise APIError(400, f"An upload holds at most {MAX_PARTS} parts.")
+        self._headers = {}
 
     def _header_field_data(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
@@ -78,68 +121,90 @@ class _Receiver:
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == "file":
-            if self._out is not None:
-                raise APIError(400, "Send exactly one file part.", param="file")
-            filename = params.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")
-            self.upload.filename = filename[-255:] or "upload.jsonl"
-            self._out = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in finish()
-                dir=self.tmp_dir, prefix="upload-", suffix=".jsonl", delete=False
-            )
-            self.upload.path = Path(self._out.name)
-            self._validator = DatasetValidator()
+        if self._name != "file":
+            self._field = bytearray()
+            return
+        if self._file is not None:
+            raise APIError(400, "Send exactly one file part.", param="file")
+        filename = params.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")
+        self.upload.filename = filename[-255:] or "upload.jsonl"
+        self._file = _DatasetFile(self.tmp_dir)
+        self.upload.path = self._file.path
+        self._field = None
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if self._out is None or self._validator is None:
-            if len(self._value) + len(chunk) > MAX_FIELD_BYTES:
-                raise APIError(400, f"Form field '{self._name}' is too long.", param=self._name)
-            self._value += chunk
-            return
-        self.upload.size += len(chunk)
-        if self.upload.size > self.max_bytes:
-            raise APIError(
-                413,
-                f"File is larger than the limit of {self.max_bytes} bytes.",
-                param="file",
-                code="file_too_large",
-            )
-        self._out.write(chunk)
-        self._validator.feed(chunk)
+        if self._field is not None:
+            if len(self._field) + len(chunk) > MAX_FIELD_BYTES:
+                name = self._name[:64]
+                raise APIError(
+                    400, f"Form field '{name}' is longer than {MAX_FIELD_BYTES} bytes.", param=name
+                )
+            self._field += chunk
+        elif self._file is not None:
+            self.upload.size += len(chunk)
+            if self.upload.size > self.max_bytes:
+                raise APIError(
+                    413,
+                    f"File is larger than the limit of {self.max_bytes} bytes.",
+                    param="file",
+                    code="file_too_large",
+                )
+            self._file.write(chunk)
 
     def _part_end(self) -> None:
-        if self._name and self._name != "file":
-            self.upload.fields[self._name] = self._value.decode("utf-8", "replace")
+        if self._field is not None:
+            if self._name:
+                self.upload.fields[self._name] = self._field.decode("utf-8", "replace")
+        elif self._file is not None:
+            self.upload.report = self._file.finish()
 
-    def finish(self) -> ReceivedUpload:
-        if self._out is not None:
-            self._out.close()
-        if self._validator is not None:
-            self.upload.report = self._validator.finish()
-        return self.upload
+    def _end(self) -> None:
+        self.ended = True
+
+    def close(self) -> None:
+        """Drop whatever was received: the body failed or ended early."""
+        if self._file is not None:
+            self._file.out.close()
+        self.upload.discard()
 
 
 async def receive_upload(request: Request, max_bytes: int, tmp_dir: Path) -> ReceivedUpload:
+    """Parse the whole body; its form fields and the file (validated, in a temporary file) come
+    back only once the closing boundary has arrived."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise APIError(400, "Upload files as multipart/form-data.", param="file")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
-        raise APIError(
-            413,
-            f"File is larger than the limit of {max_bytes} bytes.",
-            param="file",
-            code="file_too_large",
-        )
     tmp_dir.mkdir(parents=True, exist_ok=True)
     receiver = _Receiver(max_bytes, tmp_dir)
-    parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
     try:
+        await _parse(request, boundary, receiver)
+        if not receiver.ended:
+            raise APIError(
+                400, "The multipart body ended before its closing boundary.", param="file"
+            )
+    except BaseException:
+        receiver.close()  # not awaited: a cancelled request would cancel the await, not the file
+        raise
+    return receiver.upload
+
+
+async def _parse(request: Request, boundary: bytes, receiver: _Receiver) -> None:
+    """Feed the body to python-multipart, which bounds part headers; its parse errors and a
+    client gone mid-body become 400s (nobody reads the latter: it is for a quiet log)."""
+    try:
+        parser = MultipartParser(
+            boundary,
+            receiver.callbacks(),  # type: ignore[arg-type]
+            max_header_count=MAX_PART_HEADERS,
+            max_header_size=MAX_HEADER_BYTES,
+        )
         async for chunk in request.stream():
             await run_in_threadpool(parser.write, chunk)
         parser.finalize()
-        return await run_in_threadpool(receiver.finish)
-    except BaseException:
-        receiver.finish().discard()
-        raise
+    except FormParserError as exc:
+        raise APIError(400, f"Malformed multipart body: {exc}.", param="file") from exc
+    except ClientDisconnect as exc:
+        log.warning("upload abandoned: the client disconnected mid-body")
+        raise APIError(400, "The client disconnected before the body ended.") from exc

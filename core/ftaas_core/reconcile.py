@@ -2,7 +2,8 @@
 
 Run in every API and worker process. It requeues jobs whose worker stopped renewing its lease
 (killed, out of memory, node lost), failing them once the retry budget is spent, and re-enqueues
-queued jobs that Redis no longer holds (e.g. Redis restarted without persistence).
+queued jobs that Redis no longer holds (e.g. Redis restarted without persistence). Its janitor
+deletes expired files and what killed processes left of unfinished uploads.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ftaas_core.db import Database, get_database
 from ftaas_core.models import File, Job, now
 from ftaas_core.queue import enqueue_training, is_enqueued
 from ftaas_core.settings import Settings, get_settings
-from ftaas_core.storage import get_store
+from ftaas_core.storage import get_store, remove_files_older_than
 from ftaas_core.webhooks import deliver_due
 
 log = logging.getLogger("ftaas.reconcile")
@@ -48,24 +49,45 @@ def enqueue_missing(db: Database) -> None:
             enqueue_training(job_id, attempt)
 
 
+EXPIRED_FILES_PER_ROUND = 500
+"""Bounds how long one round holds the rows' locks; the rest go in the next rounds."""
+
+
 def delete_expired_files(db: Database) -> None:
-    """Files past their ``expires_at`` go: the row first, so nothing points at a missing object."""
+    """Files past their ``expires_at`` go: each object, then its row, in one transaction. A
+    process killed half-way leaves rows that the next round deletes again, never objects that
+    no row points at (nothing would ever find those)."""
+    store = get_store()
     with db.session() as session:
         expired = session.scalars(
-            select(File).where(File.expires_at < now()).with_for_update(skip_locked=True)
+            select(File)
+            .where(File.expires_at < now())
+            .limit(EXPIRED_FILES_PER_ROUND)
+            .with_for_update(skip_locked=True)
         ).all()
-        keys = [row.storage_key for row in expired]
         for row in expired:
+            store.delete_prefix(row.storage_key)
             session.delete(row)
-    for key in keys:
-        get_store().delete_prefix(key)
+
+
+def remove_stale_uploads(settings: Settings) -> None:
+    """Uploads whose process was killed: temporary files of the API's upload parser and the
+    store's unfinished writes (S3 multipart uploads), once older than any live upload can be."""
+    started_before = time.time() - settings.upload_tmp_max_age_seconds
+    tmp = settings.upload_tmp_dir
+    removed = remove_files_older_than(tmp.iterdir() if tmp.is_dir() else [], started_before)
+    aborted = get_store().abort_stale_uploads(started_before)
+    if removed or aborted:
+        log.info("removed %d stale upload files, aborted %d unfinished writes", removed, aborted)
 
 
 def reconcile_once(db: Database | None = None, settings: Settings | None = None) -> None:
     db = db or get_database()
-    requeue_expired(db, settings or get_settings())
+    settings = settings or get_settings()
+    requeue_expired(db, settings)
     enqueue_missing(db)
     delete_expired_files(db)
+    remove_stale_uploads(settings)
 
 
 class Reconciler:

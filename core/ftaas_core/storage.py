@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 from ftaas_core.settings import get_settings
 
 CHUNK = 1024 * 1024
+_PARTIAL = ".upload-"
+"""The name prefix of a local object still being written."""
 
 
 class ObjectNotFound(KeyError):
@@ -37,6 +39,11 @@ class ObjectStore(Protocol):
         ...
 
     def delete_prefix(self, prefix: str) -> None: ...
+
+    def abort_stale_uploads(self, started_before: float) -> int:
+        """Drop writes begun before this Unix time and never finished (their process was
+        killed); returns how many."""
+        ...
 
 
 def iter_stream(stream: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
@@ -66,7 +73,7 @@ class LocalStore:
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> int:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_PARTIAL)
         size = 0
         try:
             with os.fdopen(fd, "wb") as out:
@@ -97,6 +104,10 @@ class LocalStore:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+    def abort_stale_uploads(self, started_before: float) -> int:
+        """Temporary files of writes that never reached their rename."""
+        return remove_files_older_than(self.root.rglob(f"{_PARTIAL}*"), started_before)
 
 
 class S3Store:
@@ -177,6 +188,36 @@ class S3Store:
         for i in range(0, len(keys), 1000):
             batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+
+    def abort_stale_uploads(self, started_before: float) -> int:
+        """Multipart uploads under this store's prefix never completed or aborted: S3 keeps
+        (and bills) their parts until they are aborted."""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        stale = [
+            upload
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(""))
+            for upload in page.get("Uploads", [])
+            if upload["Initiated"].timestamp() < started_before
+        ]
+        for upload in stale:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        return len(stale)
+
+
+def remove_files_older_than(paths: Iterable[Path], modified_before: float) -> int:
+    """Remove those of ``paths`` last modified before this Unix time; returns how many. A file
+    that another process removes meanwhile is no error."""
+    removed = 0
+    for path in paths:
+        try:
+            if path.is_file() and path.stat().st_mtime < modified_before:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def open_store(url: str, s3_endpoint_url: str | None = None) -> LocalStore | S3Store:

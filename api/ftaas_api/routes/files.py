@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
@@ -30,6 +31,7 @@ log = logging.getLogger("ftaas.api")
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 PURPOSES = ("fine-tune",)
+SECONDS = re.compile(r"[0-9]{1,8}")
 
 
 def _owned_file(session: Session, tenant: str, file_id: str) -> File:
@@ -62,7 +64,7 @@ UPLOAD_BODY = {
 async def upload_file(
     request: Request, tenant: TenantId, db: DB, store: Store, settings: Config
 ) -> FileObject:
-    upload = await receive_upload(request, settings.max_upload_bytes, settings.data_dir / "tmp")
+    upload = await receive_upload(request, settings.max_upload_bytes, settings.upload_tmp_dir)
     try:
         purpose = upload.fields.get("purpose")
         if purpose not in PURPOSES:
@@ -114,7 +116,9 @@ def _expiry(fields: dict[str, str]) -> int | None:
         raise APIError(
             400, "expires_after[anchor] must be 'created_at'.", param="expires_after.anchor"
         )
-    if not (seconds or "").isdigit() or not 3600 <= int(seconds or 0) <= 30 * 86400:
+    # ASCII digits, a few of them: str.isdigit() passes '²', which int() refuses, and int()
+    # refuses more than 4,300 digits.
+    if not SECONDS.fullmatch(seconds or "") or not 3600 <= int(seconds or 0) <= 30 * 86400:
         raise APIError(
             400,
             "expires_after[seconds] must be a whole number of seconds from 3600 to 2592000.",
