@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -119,6 +120,7 @@ class S3Store:
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self._first_seen: dict[str, float] = {}  # upload id → when the janitor first listed it
         self.client: Any = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
@@ -191,13 +193,25 @@ class S3Store:
 
     def abort_stale_uploads(self, started_before: float) -> int:
         """Multipart uploads under this store's prefix never completed or aborted: S3 keeps
-        (and bills) their parts until they are aborted."""
+        (and bills) their parts until they are aborted. An upload's age counts from the later
+        of the start S3 reports and when this process first saw it, so a store whose clock is
+        off (moto dates every upload 2010) never has a live upload aborted."""
         paginator = self.client.get_paginator("list_multipart_uploads")
-        stale = [
+        listed = [
             upload
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(""))
             for upload in page.get("Uploads", [])
-            if upload["Initiated"].timestamp() < started_before
+        ]
+        seen_now = time.time()
+        self._first_seen = {
+            upload["UploadId"]: self._first_seen.get(upload["UploadId"], seen_now)
+            for upload in listed
+        }
+        stale = [
+            upload
+            for upload in listed
+            if max(upload["Initiated"].timestamp(), self._first_seen[upload["UploadId"]])
+            < started_before
         ]
         for upload in stale:
             self.client.abort_multipart_upload(
