@@ -9,6 +9,9 @@ EDITABLE := -e ./client -e ./core -e ./api -e ./trainer_worker
 # The official openai Node SDK that tests/api/test_node_sdk.py drives, pinned by its lockfile.
 NODE_SDK := tests/api/node
 NODE_STAMP := $(NODE_SDK)/node_modules/.installed-$(shell sha1sum < $(NODE_SDK)/package-lock.json | cut -c1-12)
+# Debian's Chromium, which Playwright drives headless in the console's browser tests (its own
+# browser download cannot work here). Installed when missing, as root; elsewhere they skip.
+CHROMIUM := /usr/bin/chromium
 
 
 .PHONY: install test test-services test-chaos lint format demo dev bench clean
@@ -28,7 +31,11 @@ $(NODE_STAMP): $(NODE_SDK)/package-lock.json
 	npm ci --prefix $(NODE_SDK) --no-audit --no-fund
 	touch $@
 
-install: $(STAMP) $(NODE_STAMP)
+$(CHROMIUM):
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "$@ is missing, so the console's browser tests skip: sudo apt-get install chromium"; fi
+
+install: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 
 # The whole suite on the embedded defaults: SQLite, embedded Redis, local object store.
 test: install

@@ -10,6 +10,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ftaas_api import console
 from ftaas_api.auth import KeyGate
 from ftaas_api.errors import ERROR_RESPONSES, install_error_handlers
 from ftaas_api.limits import BodyLimit
@@ -66,5 +67,6 @@ def create_app() -> FastAPI:
     for module in (files, jobs, models, webhooks):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(health.router)
+    app.include_router(console.router)
 
     return app
