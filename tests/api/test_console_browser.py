@@ -19,9 +19,11 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from ftaas_core.db import get_database
+from ftaas_core.events import add_event
 from tests.conftest import Backend
 from tests.support.data import taught_dataset
-from tests.support.jobs import HYPERPARAMETERS, wait_for_status
+from tests.support.jobs import HYPERPARAMETERS, create_job, upload, wait_for_status
 from tests.support.services import Process
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -37,6 +39,10 @@ FLAGS = [
 ]
 WIDE, NARROW = {"width": 1280, "height": 800}, {"width": 400, "height": 800}
 HOSTILE = "<img src=x onerror=alert(1)>"
+UNNAMED_CONTROLS = """() => [...document.querySelectorAll("input, select, textarea, button, a[href]")]
+    .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
+        && !el.textContent.trim())
+    .map((el) => el.outerHTML.slice(0, 80))"""
 
 pytestmark = pytest.mark.parametrize("backend", ["embedded"], indirect=True)
 
@@ -95,7 +101,10 @@ class Console:
         self.page.goto(f"{self.url}/{hash_route}")
 
     def shot(self, name: str) -> None:
-        """Screenshots of the page as it stands, wide and narrow."""
+        """Screenshots of the page as it stands, wide and narrow; every control on it must
+        have a name a screen reader can say."""
+        unnamed = self.page.evaluate(UNNAMED_CONTROLS)
+        assert not unnamed, f"controls without a label on {name}: {unnamed}"
         self.page.screenshot(path=self.folder / f"{name}-1280.png", full_page=True)
         self.page.set_viewport_size(NARROW)
         self.page.screenshot(path=self.folder / f"{name}-400.png", full_page=True)
@@ -178,6 +187,48 @@ def test_hostile_strings_stay_text(console: Console, api_key: str, http: httpx2.
         console.go(route)
         page.wait_for_load_state("networkidle")
         assert page.evaluate("document.querySelectorAll('img, b, script:not([src])').length") == 0
+
+    # Deleting asks twice, without a dialog.
+    console.go("#/files")
+    delete = page.get_by_role("button", name=f"Delete {name}")
+    delete.click()
+    delete.click()
+    expect(page.get_by_role("status").filter(has_text="Deleted")).to_contain_text(name)
+    expect(page.get_by_role("link", name=name)).to_have_count(0)
+
+    # A key refused mid-session (revoked, say) leads back to the sign-in, saying why.
+    page.evaluate("sessionStorage.setItem('ftaas.apiKey', 'ftk_revoked')")
+    console.go("#/jobs")
+    expect(page.get_by_role("alert")).to_contain_text("refused the key")
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_reward_curves_and_event_messages_come_from_the_events(
+    console: Console, api_key: str, http: httpx2.Client
+) -> None:
+    """DPO's reward metrics get charts of their own once a job reports them; an event's
+    message is text, whatever it holds."""
+    job_id = create_job(http, training_file=upload(http, taught_dataset()))["id"]
+    with get_database().session() as session:
+        for step in range(1, 6):
+            data = {
+                "step": step,
+                "total_steps": 10,
+                "train_loss": 1 / step,
+                "rewards/margins": 0.2 * step,
+                "rewards/accuracies": 0.5 + 0.05 * step,
+            }
+            add_event(session, job_id, f"Step {step}/10", type="metrics", data=data)
+        add_event(session, job_id, HOSTILE, level="warn")
+    console.sign_in(api_key)
+    console.go(f"#/jobs/{job_id}")
+    page = console.page
+    for chart, points in (("loss", "5"), ("rewards-margins", "5"), ("rewards-accuracies", "5")):
+        expect(page.locator(f"[data-chart={chart}]")).to_have_attribute("data-points", points)
+    expect(page.locator(".events .level-warn")).to_contain_text(HOSTILE)
+    expect(page.locator(".facts")).to_contain_text("5/10")
+    assert page.evaluate("document.querySelectorAll('img').length") == 0
+    console.shot("job-rewards")
 
 
 @pytest.fixture
