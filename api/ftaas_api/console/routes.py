@@ -73,13 +73,13 @@ def _job_form_json() -> bytes:
 
 @router.get("/console/api/file-examples")
 def file_examples(
-    tenant: TenantId, db: DB, id: Annotated[list[str], Query(max_length=100)]
+    tenant: TenantId, db: DB, ids: Annotated[list[str], Query(alias="id", max_length=100)]
 ) -> dict[str, Any]:
     """Examples counted in each of the caller's files named by ``id`` (the file object lacks
     them); files that are not the caller's are left out."""
     with db.session() as session:
         rows = session.execute(
-            select(File.id, File.n_examples).where(File.tenant_id == tenant, File.id.in_(id))
+            select(File.id, File.n_examples).where(File.tenant_id == tenant, File.id.in_(ids))
         ).all()
     return {"data": {file_id: n_examples for file_id, n_examples in rows}}
 

@@ -5,7 +5,7 @@ import { h } from "../dom.js";
 import { fromNow, percent, when } from "../format.js";
 
 /** The newest metrics event's data among ``events`` (newest first), or null. */
-export function latestMetrics(events) {
+function latestMetrics(events) {
   const found = events.find((event) => event.type === "metrics" && event.data && event.data.step !== undefined);
   return found ? found.data : null;
 }

@@ -3,7 +3,7 @@
 // server accepts, and follows it when the server changes.
 
 /** ``node`` with its $ref followed and a nullable anyOf reduced to its non-null branches. */
-export function resolve(root, node) {
+function resolve(root, node) {
   if (!node) return null;
   if (node.$ref) return resolve(root, root.$defs[node.$ref.split("/").pop()]);
   const branches = (node.anyOf || []).filter((branch) => branch.type !== "null");
