@@ -285,7 +285,8 @@ def test_a_job_from_upload_to_adapter(
     page.get_by_label("Validation file").select_option(
         next(f["id"] for f in files if f["filename"] == "valid.jsonl")
     )
-    for name, value in HYPERPARAMETERS.items():
+    # Long enough (90 steps) that even a fast machine polls the chart several times mid-run.
+    for name, value in (HYPERPARAMETERS | {"n_epochs": 30}).items():
         page.get_by_label(name, exact=True).fill(str(value))
     console.shot("new-job")
     page.get_by_role("button", name="Create job").click()
