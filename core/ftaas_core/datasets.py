@@ -1,4 +1,4 @@
-"""Training data: the example types shared by the API (validation) and the worker (training)."""
+"""Training data: the JSONL validator shared by the API (uploads) and the worker (training)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,8 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Message:
-    """One chat turn; ``weight`` 1 means the model is trained on it (assistant turns only)."""
-
-    role: str
-    content: str
-    weight: int = 0
-
-
-@dataclass(frozen=True)
-class ChatExample:
-    messages: tuple[Message, ...]
-
-
-@dataclass(frozen=True)
-class CompletionExample:
-    prompt: str
-    completion: str
-
-
-Example = ChatExample | CompletionExample
-
+from ftaas_core import fast_lines as fast
+from ftaas_core.examples import ChatExample, CompletionExample, Example, Message
 
 MAX_REPORTED_ERRORS = 20
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
@@ -243,31 +222,37 @@ def _n_chars(example: Example) -> int:
 
 
 class _LineReader:
-    """Splits a byte stream into numbered lines, buffering at most one (bounded) line."""
+    """Splits a byte stream into numbered lines, buffering at most one (bounded) line: the one
+    that runs across chunks."""
 
     def __init__(self, max_line_bytes: int) -> None:
-        self._max = max_line_bytes
         # Slack for a BOM and a "\r" that are stripped before the exact length check.
         self._limit = max_line_bytes + len(_BOM) + 1
         self._buf = bytearray()
         self._too_long = False
         self._line_no = 0
 
-    def feed(self, chunk: bytes) -> Iterator[tuple[int, bytearray | None]]:
-        """Yields ``(line number, content)`` per completed line; content None means too long."""
-        view = memoryview(chunk)
-        start = 0
-        while (end := chunk.find(b"\n", start)) != -1:
-            self._append(view[start:end])
-            yield self._take()
-            start = end + 1
-        self._append(view[start:])
+    def feed(self, chunk: bytes) -> tuple[int, list[bytes | None]]:
+        """The number of the first completed line and the completed lines, raw (a line left
+        ``None`` ran past the limit across chunks)."""
+        *complete, tail = chunk.split(b"\n")
+        lines: list[bytes | None] = list(complete)
+        if lines and (self._buf or self._too_long):
+            self._append(complete[0])
+            lines[0] = self._take()
+        first = self._line_no + 1
+        self._line_no += len(lines)
+        self._append(tail)
+        return first, lines
 
-    def end(self) -> tuple[int, bytearray | None] | None:
+    def end(self) -> tuple[int, bytes | None] | None:
         """The last line when the stream does not end with a newline."""
-        return self._take() if self._buf or self._too_long else None
+        if not self._buf and not self._too_long:
+            return None
+        self._line_no += 1
+        return self._line_no, self._take()
 
-    def _append(self, part: memoryview) -> None:
+    def _append(self, part: bytes) -> None:
         if self._too_long:
             return
         if len(self._buf) + len(part) > self._limit:
@@ -276,19 +261,26 @@ class _LineReader:
         else:
             self._buf += part
 
-    def _take(self) -> tuple[int, bytearray | None]:
-        self._line_no += 1
-        line, self._buf = self._buf, bytearray()
+    def _take(self) -> bytes | None:
+        line, self._buf = bytes(self._buf), bytearray()
         too_long, self._too_long = self._too_long, False
-        if line.endswith(b"\r"):
-            del line[-1:]
-        if self._line_no == 1 and line.startswith(_BOM):
-            del line[: len(_BOM)]
-        return self._line_no, None if too_long or len(line) > self._max else line
+        return None if too_long else line
 
 
-def _parse_line(line: bytearray | None, max_line_bytes: int) -> Example | None:
-    """Returns None for a blank line; raises ExampleError (field None) for undecodable lines."""
+def _normalize(line_no: int, line: bytes | None, max_line_bytes: int) -> bytes | None:
+    """The line without its "\r" (and the file's BOM); None when it is too long."""
+    if line is None:
+        return None
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if line_no == 1 and line.startswith(_BOM):
+        line = line[len(_BOM) :]
+    return None if len(line) > max_line_bytes else line
+
+
+def _parse_line(line: bytes | None, max_line_bytes: int) -> Example | None:
+    """The precise path: returns None for a blank line; raises ExampleError naming the field
+    at fault (None for undecodable lines)."""
     if line is None:
         raise ExampleError(None, f"line is longer than the maximum of {max_line_bytes} bytes")
     if not line or line.isspace():
@@ -309,10 +301,21 @@ def _parse_line(line: bytearray | None, max_line_bytes: int) -> Example | None:
     return parse_example(obj)
 
 
+def _example(line_no: int, line: bytes | None, max_line_bytes: int) -> Example | None:
+    """One raw line's example (None when blank): the fast path when it is sure, else the
+    precise one, which raises ExampleError."""
+    decoded = fast.decode(line, max_line_bytes)
+    if decoded is not None and (example := fast.example(decoded)) is not None:
+        return example
+    return _parse_line(_normalize(line_no, line, max_line_bytes), max_line_bytes)
+
+
 class DatasetValidator:
     """Incremental: feed byte chunks of any size (a line may span chunks); never holds more
-    than one line in memory, so uploads can be validated while they stream to storage.
+    than one line besides the chunk, so uploads can be validated while they stream to storage.
 
+    Each line is decoded straight into typed structs and only counted (no example is built);
+    a line that does not fit them goes through the precise path, which words its error.
     ``max_errors`` bounds the errors kept (all are counted): uploads answer with a few, while a
     dataset report lists many.
     """
@@ -327,8 +330,18 @@ class DatasetValidator:
 
     def feed(self, chunk: bytes) -> None:
         self._report.n_bytes += len(chunk)
-        for line_no, line in self._reader.feed(chunk):
-            self._check(line_no, line)
+        line_no, lines = self._reader.feed(chunk)
+        report, max_bytes = self._report, self._max_line_bytes
+        for line in lines:
+            decoded = fast.decode(line, max_bytes)
+            chars = fast.n_chars(decoded) if decoded is not None else None
+            if chars is None:
+                self._check(line_no, line)
+            else:
+                report.n_lines += 1
+                report.n_examples += 1
+                report.n_chars += chars
+            line_no += 1
 
     def finish(self) -> DatasetReport:
         """Checks a final line that lacks a trailing newline and returns the report."""
@@ -342,17 +355,18 @@ class DatasetValidator:
         callers that look deeper than the format; :meth:`finish` still gives the report."""
         for chunk in chunks:
             self._report.n_bytes += len(chunk)
-            for line_no, line in self._reader.feed(chunk):
-                if (example := self._check(line_no, line)) is not None:
-                    yield line_no, example
+            line_no, lines = self._reader.feed(chunk)
+            for i, line in enumerate(lines, line_no):
+                if (example := self._check(i, line)) is not None:
+                    yield i, example
         last = self._reader.end()
         if last is not None and (example := self._check(*last)) is not None:
             yield last[0], example
 
-    def _check(self, line_no: int, line: bytearray | None) -> Example | None:
+    def _check(self, line_no: int, line: bytes | None) -> Example | None:
         report = self._report
         try:
-            example = _parse_line(line, self._max_line_bytes)
+            example = _example(line_no, line, self._max_line_bytes)
         except ExampleError as e:
             report.n_lines += 1
             report.n_errors += 1
@@ -368,10 +382,11 @@ class DatasetValidator:
 
 def _numbered_lines(
     chunks: Iterable[bytes], max_line_bytes: int
-) -> Iterator[tuple[int, bytearray | None]]:
+) -> Iterator[tuple[int, bytes | None]]:
     reader = _LineReader(max_line_bytes)
     for chunk in chunks:
-        yield from reader.feed(chunk)
+        line_no, lines = reader.feed(chunk)
+        yield from enumerate(lines, line_no)
     last = reader.end()
     if last is not None:
         yield last
@@ -384,7 +399,7 @@ def iter_examples(
     DatasetFormatError on the first bad line (the file may have changed since validation)."""
     for line_no, line in _numbered_lines(chunks, max_line_bytes):
         try:
-            example = _parse_line(line, max_line_bytes)
+            example = _example(line_no, line, max_line_bytes)
         except ExampleError as e:
             raise DatasetFormatError(DatasetError(line_no, e.field, e.message)) from None
         if example is not None:
