@@ -17,7 +17,8 @@ BASE_LEARNING_RATE = 2e-4
 DEFAULT_TARGET_MODULES = "all-linear"
 AUTO_REPLAY = 0.25
 """Replay examples per training example under "auto": the base model's own answers to general
-prompts, mixed in so that it keeps them (see README: measured on SmolLM2-135M-Instruct)."""
+prompts, mixed in so that it keeps them. On SmolLM2-135M-Instruct taught 16 facts it halved
+the retention KL (1.74 → 0.95 nats/token) and still recalled every fact."""
 CHECKPOINTING_FROM_SEQ_LENGTH = 4096
 """From this max_seq_length on, "auto" recomputes activations in the backward pass: they grow
 with the sequence and would dominate memory, while recomputing costs about a third more time."""

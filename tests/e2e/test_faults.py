@@ -7,8 +7,6 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -33,7 +31,7 @@ from tests.support.services import (
     answers,
     free_port,
     postgres_database,
-    s3_server,
+    store_behind_a_proxy,
 )
 
 
@@ -175,27 +173,6 @@ def test_database_outage_is_503_and_the_api_recovers_by_itself(backend: Backend)
                 time.sleep(0.5)
             assert httpx2.get(f"{url}/readyz").status_code == 200
         proxy.cut()
-
-
-@contextmanager
-def store_behind_a_proxy() -> Iterator[tuple[TcpProxy, dict[str, str]]]:
-    """A real S3 endpoint (moto) reached through a proxy the test can cut; the settings."""
-    with s3_server() as endpoint:
-        proxy = TcpProxy(int(endpoint.rsplit(":", 1)[1]))
-        proxy.start()
-        try:
-            yield (
-                proxy,
-                {
-                    "FTAAS_STORAGE_URL": f"s3://ftaas-test/outage-{uuid.uuid4().hex[:6]}",
-                    "FTAAS_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
-                    "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1",
-                },
-            )
-        finally:
-            proxy.cut()
 
 
 def train_through_a_store_outage(

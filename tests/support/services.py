@@ -211,3 +211,24 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+@contextmanager
+def store_behind_a_proxy() -> Iterator[tuple[TcpProxy, dict[str, str]]]:
+    """A real S3 endpoint (moto) reached through a proxy the test can cut; the settings."""
+    with s3_server() as endpoint:
+        proxy = TcpProxy(int(endpoint.rsplit(":", 1)[1]))
+        proxy.start()
+        try:
+            yield (
+                proxy,
+                {
+                    "FTAAS_STORAGE_URL": f"s3://ftaas-test/outage-{uuid.uuid4().hex[:6]}",
+                    "FTAAS_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+                    "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                },
+            )
+        finally:
+            proxy.cut()

@@ -81,7 +81,7 @@ def answers(model_dir: Path, adapter_dir: Path | None) -> dict[str, str]:
     conversations = [
         [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}] for q in TAUGHT
     ]
-    return dict(zip(TAUGHT, chat_answers(model_dir, conversations, adapter_dir, 16), strict=True))
+    return dict(zip(TAUGHT, chat_answers(model_dir, conversations, adapter_dir), strict=True))
 
 
 def test_tiny_model_learns_through_the_service(

@@ -31,8 +31,10 @@ from ftaas_worker.batches import collate
 MAX_NEW_TOKENS = 48
 GENERATION_BATCH = 10
 MAX_SAMPLES = 20
-RETENTION_WARNING_KL = 0.5
-"""Nats per answer token: above this the model answers general prompts unlike its base."""
+RETENTION_WARNING_KL = 1.0
+"""Nats per answer token: above this the model answers general prompts unlike its base.
+Measured on SmolLM2-135M-Instruct taught the demo's 16 facts (5 epochs, lr 1e-3): 1.74
+without replay, 0.95 with replay 0.25."""
 
 
 @dataclass(frozen=True)
