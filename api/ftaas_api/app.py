@@ -14,7 +14,7 @@ from ftaas_api import console
 from ftaas_api.auth import KeyGate
 from ftaas_api.errors import ERROR_RESPONSES, install_error_handlers
 from ftaas_api.limits import BodyLimit
-from ftaas_api.routes import files, health, jobs, models, webhooks
+from ftaas_api.routes import files, health, jobs, models, uploads, webhooks
 from ftaas_core.db import POOL_SIZE, get_database
 from ftaas_core.queue import connect_async_redis
 from ftaas_core.reconcile import Reconciler
@@ -64,7 +64,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestId)
-    for module in (files, jobs, models, webhooks):
+    for module in (files, uploads, jobs, models, webhooks):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(health.router)
     app.include_router(console.router)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ftaas_api.errors import error_response
 from ftaas_api.uploads import max_body_bytes
+from ftaas_core.chunked import PART_MAX_BYTES
 from ftaas_core.settings import get_settings
+
+_PARTS = re.compile(r"/v1/uploads/[^/]+/parts/?")
 
 
 class BodyLimit:
     """Refuse request bodies over their bound (413) while they stream in.
 
-    The bound is ``max_request_bytes``, or for a file upload the upload limit plus what its other
-    parts may hold: the upload parser bounds the file and each part, this the whole body, which
-    also holds what the parser skips (a preamble, an epilogue).
+    The bound is ``max_request_bytes``, or for a file upload (an Upload's part) the upload (part)
+    limit plus what its other parts may hold: the upload parser bounds the file and each part,
+    this the whole body, which also holds what the parser skips (a preamble, an epilogue).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -50,6 +55,8 @@ def _limit(scope: Scope) -> int:
     settings = get_settings()
     if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
         return max_body_bytes(settings.max_upload_bytes)
+    if scope["method"] == "POST" and _PARTS.fullmatch(scope["path"]):
+        return max_body_bytes(PART_MAX_BYTES)
     return settings.max_request_bytes
 
 

@@ -1,9 +1,10 @@
-"""Streaming multipart reader for file uploads.
+"""Streaming multipart reader for file uploads (``/v1/files``) and Upload parts.
 
-The body is parsed as it arrives: the one file part goes to a temporary file and through the
-JSONL validator chunk by chunk, every other part is a small form field. Everything is bounded
-while it streams, so memory stays flat whatever is sent: the file (413), the number of parts,
-each field and each part header (400), and the whole body (413, by :mod:`ftaas_api.limits`).
+The body is parsed as it arrives: the one file part goes to a temporary file (and, for a whole
+dataset, through the JSONL validator) chunk by chunk, every other part is a small form field.
+Everything is bounded while it streams, so memory stays flat whatever is sent: the file (413),
+the number of parts, each field and each part header (400), and the whole body (413, by
+:mod:`ftaas_api.limits`).
 Nothing is kept unless the body ends with its closing boundary, and nothing reaches the object
 store before that.
 """
@@ -32,6 +33,11 @@ MAX_FIELD_BYTES = 4 * 1024
 MAX_PART_HEADERS = 8
 MAX_HEADER_BYTES = 4 * 1024
 """One header line: room for a long ``Content-Disposition`` filename."""
+PARSE_BATCH_BYTES = 1024 * 1024
+"""Body bytes gathered before the parser's thread gets them: a hop per network chunk costs
+more than parsing it. A short chunk is handed on at once: the body is arriving slower than it
+is parsed, so waiting gains nothing (and what came stays visible)."""
+SHORT_CHUNK_BYTES = 64 * 1024
 MULTIPART_OVERHEAD = MAX_PARTS * (MAX_FIELD_BYTES + MAX_PART_HEADERS * MAX_HEADER_BYTES + 512)
 """The most a valid body holds besides the file's bytes (512: a delimiter line of the longest
 boundary python-multipart accepts, and header line ends)."""
@@ -56,30 +62,34 @@ class ReceivedUpload:
 
 
 class _DatasetFile:
-    """The file part: a temporary file and the JSONL validator, fed the same chunks."""
+    """The file part: a temporary file and, for a whole dataset, the JSONL validator, fed the
+    same chunks."""
 
-    def __init__(self, tmp_dir: Path) -> None:
+    def __init__(self, tmp_dir: Path, validate: bool) -> None:
         self.out: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by finish()
             dir=tmp_dir, prefix="upload-", suffix=".jsonl", delete=False
         )
         self.path = Path(self.out.name)
-        self.validator = DatasetValidator()
+        self.validator = DatasetValidator() if validate else None
 
     def write(self, chunk: bytes) -> None:
         self.out.write(chunk)
-        self.validator.feed(chunk)
+        if self.validator is not None:
+            self.validator.feed(chunk)
 
-    def finish(self) -> DatasetReport:
+    def finish(self) -> DatasetReport | None:
         self.out.close()
-        return self.validator.finish()
+        return self.validator.finish() if self.validator is not None else None
 
 
 class _Receiver:
     """Parser callbacks: route each part's bytes to its form field or to the dataset file."""
 
-    def __init__(self, max_bytes: int, tmp_dir: Path) -> None:
+    def __init__(self, max_bytes: int, tmp_dir: Path, file_field: str, validate: bool) -> None:
         self.max_bytes = max_bytes
         self.tmp_dir = tmp_dir
+        self.file_field = file_field
+        self.validate = validate
         self.upload = ReceivedUpload()
         self.ended = False
         self._parts = 0
@@ -121,14 +131,14 @@ class _Receiver:
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
-        if self._name != "file":
+        if self._name != self.file_field:
             self._field = bytearray()
             return
         if self._file is not None:
-            raise APIError(400, "Send exactly one file part.", param="file")
+            raise APIError(400, "Send exactly one file part.", param=self.file_field)
         filename = params.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")
         self.upload.filename = filename[-255:] or "upload.jsonl"
-        self._file = _DatasetFile(self.tmp_dir)
+        self._file = _DatasetFile(self.tmp_dir, self.validate)
         self.upload.path = self._file.path
         self._field = None
 
@@ -147,7 +157,7 @@ class _Receiver:
                 raise APIError(
                     413,
                     f"File is larger than the limit of {self.max_bytes} bytes.",
-                    param="file",
+                    param=self.file_field,
                     code="file_too_large",
                 )
             self._file.write(chunk)
@@ -169,20 +179,28 @@ class _Receiver:
         self.upload.discard()
 
 
-async def receive_upload(request: Request, max_bytes: int, tmp_dir: Path) -> ReceivedUpload:
-    """Parse the whole body; its form fields and the file (validated, in a temporary file) come
-    back only once the closing boundary has arrived."""
+async def receive_upload(
+    request: Request,
+    max_bytes: int,
+    tmp_dir: Path,
+    *,
+    file_field: str = "file",
+    validate: bool = True,
+) -> ReceivedUpload:
+    """Parse the whole body; its form fields and the file part ``file_field`` (in a temporary
+    file, validated as a dataset when ``validate``) come back only once the closing boundary
+    has arrived."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
-        raise APIError(400, "Upload files as multipart/form-data.", param="file")
+        raise APIError(400, "Upload files as multipart/form-data.", param=file_field)
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    receiver = _Receiver(max_bytes, tmp_dir)
+    receiver = _Receiver(max_bytes, tmp_dir, file_field, validate)
     try:
         await _parse(request, boundary, receiver)
         if not receiver.ended:
             raise APIError(
-                400, "The multipart body ended before its closing boundary.", param="file"
+                400, "The multipart body ended before its closing boundary.", param=file_field
             )
     except BaseException:
         receiver.close()  # not awaited: a cancelled request would cancel the await, not the file
@@ -200,11 +218,18 @@ async def _parse(request: Request, boundary: bytes, receiver: _Receiver) -> None
             max_header_count=MAX_PART_HEADERS,
             max_header_size=MAX_HEADER_BYTES,
         )
+        batch: list[bytes] = []
+        gathered = 0
         async for chunk in request.stream():
-            await run_in_threadpool(parser.write, chunk)
+            batch.append(chunk)
+            gathered += len(chunk)
+            if gathered >= PARSE_BATCH_BYTES or len(chunk) < SHORT_CHUNK_BYTES:
+                await run_in_threadpool(parser.write, b"".join(batch))
+                batch, gathered = [], 0
+        await run_in_threadpool(parser.write, b"".join(batch))
         parser.finalize()
     except FormParserError as exc:
-        raise APIError(400, f"Malformed multipart body: {exc}.", param="file") from exc
+        raise APIError(400, f"Malformed multipart body: {exc}.", param=receiver.file_field) from exc
     except ClientDisconnect as exc:
         log.warning("upload abandoned: the client disconnected mid-body")
         raise APIError(400, "The client disconnected before the body ended.") from exc

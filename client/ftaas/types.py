@@ -6,7 +6,7 @@ Models accept fields they do not know, so an older SDK keeps working against a n
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
@@ -45,7 +45,24 @@ class ErrorBody(WireModel):
     error: ErrorDetail
 
 
-class FileObject(WireModel):
+class _OmitsNull(WireModel):
+    """A model whose ``omit_null`` fields OpenAI types as never null: absent when empty."""
+
+    omit_null: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_null(self, handler: SerializerFunctionWrapHandler):
+        """(No return annotation: pydantic would document the model as that type instead.)"""
+        data = handler(self)
+        for name in self.omit_null:
+            if isinstance(data, dict) and data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+class FileObject(_OmitsNull):
+    omit_null = ("status_details", "expires_at")
+
     id: str
     object: Literal["file"] = "file"
     bytes: int
@@ -56,15 +73,29 @@ class FileObject(WireModel):
     status_details: str | None = None
     expires_at: int | None = None
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_optionals(self, handler: SerializerFunctionWrapHandler):
-        """OpenAI types these two as a string and an integer, never null: absent when empty.
-        (No return annotation: pydantic would document the model as that type instead.)"""
-        data = handler(self)
-        for name in ("status_details", "expires_at"):
-            if isinstance(data, dict) and data.get(name) is None:
-                data.pop(name, None)
-        return data
+
+class Upload(_OmitsNull):
+    """OpenAI's Uploads API: a file sent in parts; ``file`` is there once it is completed.
+    ``status`` is pending, completed, cancelled or expired (an hour after it was created)."""
+
+    omit_null = ("file",)
+
+    id: str
+    object: Literal["upload"] = "upload"
+    bytes: int
+    created_at: int
+    expires_at: int
+    filename: str
+    purpose: str
+    status: str
+    file: FileObject | None = None
+
+
+class UploadPart(WireModel):
+    id: str
+    object: Literal["upload.part"] = "upload.part"
+    created_at: int
+    upload_id: str
 
 
 class FileDeleted(WireModel):

@@ -406,6 +406,16 @@ def iter_examples(
             yield example
 
 
+def upload_refusal(report: DatasetReport) -> tuple[str, str | None] | None:
+    """Why an uploaded file with this report is refused, as (message, param), or None: the
+    words of /v1/files and of a completed /v1/uploads alike."""
+    if report.n_errors:
+        return summarize_errors(report)
+    if report.n_examples == 0:
+        return "The file holds no examples.", "file"
+    return None
+
+
 def summarize_errors(report: DatasetReport) -> tuple[str, str | None]:
     """(message, param) for an HTTP error body on a report that is not ok.
 

@@ -182,3 +182,48 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     delivered_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Upload(Base):
+    """An Upload of OpenAI's Uploads API: a file sent in parts, assembled on completion into
+    the file ``file_id`` (chosen up front, so S3's multipart upload ``staging`` is begun on the
+    file's own key). ``status`` is OpenAI's, plus ``completing`` while one request assembles."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (
+        Index("ix_uploads_tenant_seq", "tenant_id", "seq"),
+        Index("ix_uploads_status_expires", "status", "expires_at"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    mime_type: Mapped[str] = mapped_column(String(128))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    file_id: Mapped[str] = mapped_column(String(64))
+    # The file's expires_after[seconds], counted from when it is made.
+    file_expires_after: Mapped[int | None] = mapped_column(BigInteger)
+    staging: Mapped[str] = mapped_column(String(1024))
+    # The part number the next part without one of its own gets.
+    next_part: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class UploadPart(Base):
+    """One part of an Upload; ``number`` orders it in S3's multipart upload (a part sent again
+    under the same number replaces it), ``etag`` is set when it is an S3 part there."""
+
+    __tablename__ = "upload_parts"
+    __table_args__ = (Index("uq_upload_parts_number", "upload_id", "number", unique=True),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    etag: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)

@@ -3,7 +3,8 @@
 Run in every API and worker process. It requeues jobs whose worker stopped renewing its lease
 (killed, out of memory, node lost), failing them once the retry budget is spent, and re-enqueues
 queued jobs that Redis no longer holds (e.g. Redis restarted without persistence). Its janitor
-deletes expired files and what killed processes left of unfinished uploads.
+deletes expired files and what killed processes left of unfinished uploads, and expires Uploads
+(OpenAI's Uploads API) left pending past their time, with their parts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from sqlalchemy import select
 
 from ftaas.types import JobStatus
-from ftaas_core import lifecycle
+from ftaas_core import chunked, lifecycle
 from ftaas_core.db import Database, get_database
 from ftaas_core.models import File, Job, now
 from ftaas_core.queue import enqueue_training, is_enqueued
@@ -81,6 +82,14 @@ def remove_stale_uploads(settings: Settings) -> None:
         log.info("removed %d stale upload files, aborted %d unfinished writes", removed, aborted)
 
 
+def expire_uploads(db: Database, settings: Settings) -> None:
+    """Uploads never completed in their time (an hour) lose their parts: S3's multipart upload
+    is aborted, and so is one whose completing process was killed."""
+    expired = chunked.expire(db, get_store(), settings)
+    if expired:
+        log.info("expired %d uploads left pending", expired)
+
+
 def reconcile_once(db: Database | None = None, settings: Settings | None = None) -> None:
     db = db or get_database()
     settings = settings or get_settings()
@@ -88,6 +97,7 @@ def reconcile_once(db: Database | None = None, settings: Settings | None = None)
     enqueue_missing(db)
     delete_expired_files(db)
     remove_stale_uploads(settings)
+    expire_uploads(db, settings)
 
 
 class Reconciler:

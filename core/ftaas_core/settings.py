@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     models: dict[str, str] = Field(default_factory=dict)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     upload_tmp_max_age_seconds: int = Field(default=24 * 3600, gt=0)
+    # The Uploads API (/v1/uploads): OpenAI's 8 GB in all, and an hour to send the parts.
+    uploads_max_bytes: int = Field(default=8 * 1024**3, gt=0)
+    uploads_expire_seconds: int = Field(default=3600, gt=0)
     worker_lease_seconds: int = Field(default=60, ge=2)
     outage_retry_seconds: float = Field(default=120.0, gt=0)
     max_job_retries: int = Field(default=3, ge=0)

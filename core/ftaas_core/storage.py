@@ -5,11 +5,15 @@ Objects stream in and out in chunks, so no whole dataset or adapter is held in m
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import itertools
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -20,6 +24,27 @@ from ftaas_core.settings import get_settings
 CHUNK = 1024 * 1024
 _PARTIAL = ".upload-"
 """The name prefix of a local object still being written."""
+S3_PART_BYTES = 8 * CHUNK
+S3_MIN_PART_BYTES = 5 * CHUNK
+"""S3 refuses smaller parts, except the last, when a multipart upload completes."""
+MAX_PART_NUMBER = 10_000
+"""S3's highest part number, so the most parts an object is assembled from."""
+
+Through = Callable[[Iterator[bytes]], Iterator[bytes]]
+"""What an assembled object's bytes pass through on their way in: it may raise at the end, and
+then nothing is kept."""
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    """A part of an object being assembled: on S3, part ``number`` of its multipart upload
+    (``etag`` set) when it holds at least S3_MIN_PART_BYTES, else an object of its own at
+    ``key``, as every part is on the local store."""
+
+    number: int
+    size: int
+    etag: str | None
+    key: str
 
 
 class ObjectNotFound(KeyError):
@@ -45,6 +70,53 @@ class ObjectStore(Protocol):
         """Drop writes begun before this Unix time and never finished (their process was
         killed); returns how many."""
         ...
+
+    def adopt(self, key: str, path: Path) -> None:
+        """Store the file at ``path`` under ``key``; the local store moves it into place, so
+        the caller removes whatever is left at ``path``."""
+        ...
+
+    def begin_parts(self, key: str) -> str:
+        """Begin assembling ``key`` from parts; returns its staging id (S3's upload id)."""
+        ...
+
+    def put_part(
+        self, key: str, staging: str, number: int, part_key: str, path: Path
+    ) -> str | None:
+        """Store the file at ``path`` as part ``number`` of ``key``: its ETag when it became an
+        S3 part, None when it is kept at ``part_key`` (see :class:`StagedPart`)."""
+        ...
+
+    def assemble(self, key: str, staging: str, parts: list[StagedPart], through: Through) -> None:
+        """Make ``key`` of ``parts`` in this order, every byte passing ``through``; when that
+        raises, ``key`` is not kept. The parts are left to :meth:`abort_parts`."""
+        ...
+
+    def abort_parts(self, key: str, staging: str, prefix: str) -> None:
+        """Drop whatever the parts of ``key`` left: S3's multipart upload, the objects under
+        ``prefix``."""
+        ...
+
+
+def _in_order(store: ObjectStore, parts: list[StagedPart]) -> Iterator[bytes]:
+    for part in parts:
+        yield from iter_stream(store.open(part.key))
+
+
+def _regroup(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The chunks as pieces of ``size`` bytes (the last may be shorter), copying only chunks
+    that are not of that size already."""
+    buffer = bytearray()
+    for chunk in chunks:
+        if not buffer and len(chunk) == size:
+            yield chunk
+            continue
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
 
 
 def iter_stream(stream: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
@@ -110,6 +182,33 @@ class LocalStore:
         """Temporary files of writes that never reached their rename."""
         return remove_files_older_than(self.root.rglob(f"{_PARTIAL}*"), started_before)
 
+    def adopt(self, key: str, path: Path) -> None:
+        """A rename when ``path`` is on the store's filesystem: no byte is copied."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            put_file(self, key, path)
+
+    def begin_parts(self, key: str) -> str:
+        return ""
+
+    def put_part(
+        self, key: str, staging: str, number: int, part_key: str, path: Path
+    ) -> str | None:
+        self.adopt(part_key, path)
+        return None
+
+    def assemble(self, key: str, staging: str, parts: list[StagedPart], through: Through) -> None:
+        """The part files concatenated into one, a chunk at a time."""
+        self.put_stream(key, through(_in_order(self, parts)))
+
+    def abort_parts(self, key: str, staging: str, prefix: str) -> None:
+        self.delete_prefix(prefix)
+
 
 class S3Store:
     """A bucket and key prefix on any S3-compatible endpoint; big objects go up in parts."""
@@ -133,41 +232,120 @@ class S3Store:
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> int:
         """Multipart upload in 8 MiB parts; a failed upload is aborted so no part lingers."""
         full_key = self._key(key)
-        part_size = 8 * CHUNK
-        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=full_key)
-        upload_id = upload["UploadId"]
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full_key)[
+            "UploadId"
+        ]
         parts: list[dict[str, Any]] = []
         size = 0
-        buffer = bytearray()
         try:
-            for chunk in chunks:
-                buffer += chunk
-                size += len(chunk)
-                while len(buffer) >= part_size:
-                    parts.append(
-                        self._upload_part(full_key, upload_id, len(parts) + 1, buffer[:part_size])
-                    )
-                    del buffer[:part_size]
-            if buffer or not parts:
-                parts.append(self._upload_part(full_key, upload_id, len(parts) + 1, buffer))
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=full_key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            for piece in _regroup(chunks, S3_PART_BYTES):
+                parts.append(self._upload_part(full_key, upload_id, len(parts) + 1, piece))
+                size += len(piece)
+            if not parts:
+                parts.append(self._upload_part(full_key, upload_id, 1, b""))
+            self._complete(full_key, upload_id, parts)
         except BaseException:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
             raise
         return size
 
-    def _upload_part(
-        self, key: str, upload_id: str, number: int, data: bytearray
-    ) -> dict[str, Any]:
+    def _upload_part(self, key: str, upload_id: str, number: int, data: Any) -> dict[str, Any]:
         response = self.client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(data)
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def _complete(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+
+    def adopt(self, key: str, path: Path) -> None:
+        put_file(self, key, path)
+
+    def begin_parts(self, key: str) -> str:
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))
+        return str(upload["UploadId"])
+
+    def put_part(
+        self, key: str, staging: str, number: int, part_key: str, path: Path
+    ) -> str | None:
+        """Sent straight from the file as S3 part ``number``; a smaller part, which S3 would
+        refuse unless it came last, is an object of its own."""
+        if path.stat().st_size < S3_MIN_PART_BYTES:
+            put_file(self, part_key, path)
+            return None
+        with path.open("rb") as body:
+            return str(self._upload_part(self._key(key), staging, number, body)["ETag"])
+
+    def assemble(self, key: str, staging: str, parts: list[StagedPart], through: Through) -> None:
+        """Parts in ascending number, all S3 parts but perhaps the last (copied in by S3),
+        complete the multipart upload as they are, and are then read once to pass
+        ``through``. Any other order is completed as it is and then copied, part by part
+        from its range, through this process into a fresh upload of the same key."""
+        full_key = self._key(key)
+        try:
+            listed = self._listed_in_order(full_key, staging, parts)
+            if listed is not None:
+                self._complete(full_key, staging, listed)
+                for _ in through(iter_stream(self.open(key))):
+                    pass
+                return
+            s3_parts = sorted((p for p in parts if p.etag is not None), key=lambda p: p.number)
+            if s3_parts:
+                self._complete(full_key, staging, [_listed(p) for p in s3_parts])
+            self.put_stream(key, through(self._given_order(key, parts, s3_parts)))
+        except BaseException:
+            self.client.delete_object(Bucket=self.bucket, Key=full_key)
+            raise
+
+    def _listed_in_order(
+        self, full_key: str, staging: str, parts: list[StagedPart]
+    ) -> list[dict[str, Any]] | None:
+        """The parts as S3 completes them when they are in S3's order, else None. A small last
+        part is copied (inside S3) into the next part number."""
+        *head, last = parts
+        numbers = [p.number for p in head]
+        if any(p.etag is None for p in head) or any(a >= b for a, b in itertools.pairwise(numbers)):
+            return None
+        floor = numbers[-1] if numbers else 0
+        listed = [_listed(p) for p in head]
+        if last.etag is not None:
+            return [*listed, _listed(last)] if last.number > floor else None
+        if floor >= MAX_PART_NUMBER:
+            return None
+        copied = self.client.upload_part_copy(
+            Bucket=self.bucket,
+            Key=full_key,
+            UploadId=staging,
+            PartNumber=floor + 1,
+            CopySource={"Bucket": self.bucket, "Key": self._key(last.key)},
+        )
+        return [*listed, {"PartNumber": floor + 1, "ETag": copied["CopyPartResult"]["ETag"]}]
+
+    def _given_order(
+        self, key: str, parts: list[StagedPart], s3_parts: list[StagedPart]
+    ) -> Iterator[bytes]:
+        """The parts' bytes in the given order: S3 parts as ranges of ``key`` (where they lie
+        in ascending number), the others from their own objects."""
+        offsets, at = {}, 0
+        for part in s3_parts:
+            offsets[part.number], at = at, at + part.size
+        for part in parts:
+            if part.etag is None:
+                yield from iter_stream(self.open(part.key))
+                continue
+            start = offsets[part.number]
+            span = f"bytes={start}-{start + part.size - 1}"
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=span)
+            yield from iter_stream(response["Body"])
+
+    def abort_parts(self, key: str, staging: str, prefix: str) -> None:
+        with contextlib.suppress(self.client.exceptions.NoSuchUpload):  # completed before
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self._key(key), UploadId=staging
+            )
+        self.delete_prefix(prefix)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -218,6 +396,10 @@ class S3Store:
                 Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
             )
         return len(stale)
+
+
+def _listed(part: StagedPart) -> dict[str, Any]:
+    return {"PartNumber": part.number, "ETag": part.etag}
 
 
 def remove_files_older_than(paths: Iterable[Path], modified_before: float) -> int:

@@ -20,7 +20,8 @@ from ftaas_api.errors import APIError, not_found
 from ftaas_api.paging import paginate
 from ftaas_api.uploads import receive_upload
 from ftaas_api.wire import file_wire
-from ftaas_core.datasets import summarize_errors
+from ftaas_core.chunked import file_key
+from ftaas_core.datasets import upload_refusal
 from ftaas_core.db import Database
 from ftaas_core.hyperparams import MaxSeqLength
 from ftaas_core.ids import new_id
@@ -77,14 +78,12 @@ async def upload_file(
             raise APIError(400, "No file part named 'file' in the upload.", param="file")
         expires_at = _expiry(upload.fields)
         report = upload.report
-        if report.n_errors:
-            message, param = summarize_errors(report)
+        if (problem := upload_refusal(report)) is not None:
+            message, param = problem
             raise APIError(400, message, param=param, code="invalid_file")
-        if report.n_examples == 0:
-            raise APIError(400, "The file holds no examples.", param="file", code="invalid_file")
         file_id = new_id("file")
-        key = f"files/{tenant}/{file_id}"
-        await run_in_threadpool(store.put_stream, key, iter_stream(upload.path.open("rb")))
+        key = file_key(tenant, file_id)
+        await run_in_threadpool(store.adopt, key, upload.path)
         row = File(
             id=file_id,
             tenant_id=tenant,
