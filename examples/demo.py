@@ -134,10 +134,19 @@ def main() -> int:
         print(f'what each "auto" became: {job.hyperparameters.model_dump()["auto_resolved"]}')
         return show_before_and_after(model_dir, adapter, samples, manifest.model_dump())
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(30)
+        stop(processes)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM (a training worker checkpoints first), then SIGKILL whatever is still up."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def side_by_side(title: str, rows: list[tuple[str, str, str, str]]) -> None:
