@@ -105,6 +105,14 @@ def _findings(title: str, f: FileFindings) -> list[str]:
     lines += _listing("truncated", f.n_truncated, truncated)
     duplicates = [f"line {d.line} repeats line {d.first_line}" for d in f.duplicates]
     lines += _listing("duplicates", f.n_duplicates, duplicates)
+    if (pairs := f.preference) is not None:
+        lines.append(
+            f"mean tokens of a pair's prompt {pairs.prompt_tokens.mean:g}, preferred answer "
+            f"{pairs.preferred_tokens.mean:g}, non-preferred answer "
+            f"{pairs.non_preferred_tokens.mean:g}"
+        )
+        identical = [f"line {line}" for line in pairs.identical]
+        lines += _listing("pairs with identical answers", pairs.n_identical, identical)
     return lines
 
 

@@ -243,8 +243,8 @@ class TokenStats(WireModel):
 
 
 class TruncatedExample(WireModel):
-    """An example longer than max_seq_length; ``dropped`` when truncation leaves nothing to
-    train on, so training skips it."""
+    """An example longer than max_seq_length (a pair: its longer row); ``dropped`` when
+    truncation leaves nothing to train on (a pair: either answer), so training skips it."""
 
     line: int
     n_tokens: int
@@ -269,9 +269,22 @@ class ExamplePreview(WireModel):
     truncated: bool
 
 
+class PreferenceFindings(WireModel):
+    """A preference file's pairs: the tokens of their prompts and of each answer (``trained``:
+    what the loss sees after truncation), and the lines of pairs whose two answers are
+    identical, which teach nothing (their DPO loss has no gradient)."""
+
+    prompt_tokens: TokenStats
+    preferred_tokens: TokenStats
+    non_preferred_tokens: TokenStats
+    n_identical: int
+    identical: list[int]
+
+
 class FileFindings(WireModel):
     """One file's findings. Lists are capped (the report's limit); their ``n_*`` counts are not.
-    ``n_examples`` counts examples that parse and render with the model's chat template."""
+    ``n_examples`` counts examples that parse and render with the model's chat template;
+    ``format`` is ``supervised`` or ``preference`` (for DPO), with ``preference`` its pairs'."""
 
     n_lines: int
     n_bytes: int
@@ -283,6 +296,8 @@ class FileFindings(WireModel):
     truncated: list[TruncatedExample]
     n_duplicates: int
     duplicates: list[RepeatedExample]
+    format: str | None = None
+    preference: PreferenceFindings | None = None
 
 
 class FileReport(FileFindings):

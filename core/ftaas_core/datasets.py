@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ftaas_core import fast_lines as fast
-from ftaas_core.examples import ChatExample, CompletionExample, Example, Message
+from ftaas_core.examples import (
+    ChatExample,
+    CompletionExample,
+    DatasetFormat,
+    Example,
+    Message,
+    PreferenceExample,
+    format_of,
+)
 
 MAX_REPORTED_ERRORS = 20
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
@@ -16,6 +24,8 @@ _ROLES = ("system", "user", "assistant", "tool")
 # Top-level keys OpenAI accepts next to "messages"; they only matter for tool-use training.
 _CHAT_KEYS = frozenset({"messages", "tools", "functions", "parallel_tool_calls"})
 _COMPLETION_KEYS = frozenset({"prompt", "completion"})
+_PREFERENCE_KEYS = frozenset({"input", "preferred_output", "non_preferred_output"})
+_PREFERENCE_INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
 _BASE_MESSAGE_KEYS = frozenset({"role", "content", "name"})
 _MESSAGE_KEYS = {
     "system": _BASE_MESSAGE_KEYS,
@@ -72,6 +82,7 @@ class DatasetReport:
     errors: list[DatasetError] = field(default_factory=list)
     n_errors: int = 0
     n_chars: int = 0
+    format: DatasetFormat | None = None  # of the first valid example; the others must match
 
     @property
     def ok(self) -> bool:
@@ -177,12 +188,16 @@ def _parse_message(message: object, path: str) -> Message:
     return Message(role=role, content=content, weight=weight)
 
 
-def _parse_chat(messages: object) -> ChatExample:
+def _parse_messages(messages: object, path: str) -> tuple[Message, ...]:
     if not isinstance(messages, list):
-        raise ExampleError("messages", f"messages must be an array (got {_describe(messages)})")
+        raise ExampleError(path, f"{path} must be an array (got {_describe(messages)})")
     if not messages:
-        raise ExampleError("messages", "messages must not be empty")
-    parsed = tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages))
+        raise ExampleError(path, f"{path} must not be empty")
+    return tuple(_parse_message(m, f"{path}[{i}]") for i, m in enumerate(messages))
+
+
+def _parse_chat(messages: object) -> ChatExample:
+    parsed = _parse_messages(messages, "messages")
     if not any(m.role == "assistant" and m.weight == 1 and m.content for m in parsed):
         raise ExampleError("messages", "no assistant message with weight 1 to train on")
     return ChatExample(messages=parsed)
@@ -196,26 +211,95 @@ def _parse_completion(obj: dict[str, object]) -> CompletionExample:
     return CompletionExample(prompt=prompt, completion=completion)
 
 
+def _check_keys(obj: dict[str, object], allowed: frozenset[str], path: str = "") -> None:
+    for key in obj:
+        if key not in allowed:
+            raise ExampleError(f"{path}{_clip(key)}", f"unknown field {_describe(key)}")
+
+
+def _parse_answer(obj: dict[str, object], key: str) -> Message:
+    """One of a preference example's answers: a list holding one assistant message."""
+    if key not in obj:
+        raise ExampleError(key, f"missing required field '{key}'")
+    answer = obj[key]
+    if not isinstance(answer, list) or len(answer) != 1:
+        raise ExampleError(
+            key, f"{key} must be an array of one assistant message (got {_describe(answer)})"
+        )
+    message = _parse_message(answer[0], f"{key}[0]")
+    if message.role != "assistant":
+        raise ExampleError(f"{key}[0].role", f"role must be assistant (got {message.role!r})")
+    if not message.content:
+        raise ExampleError(f"{key}[0].content", "content must not be empty")
+    return message
+
+
+def _parse_tools(conversation: dict[str, object]) -> str | None:
+    tools = conversation.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        raise ExampleError(
+            "input.tools", f"tools must be an array of objects (got {_describe(tools)})"
+        )
+    return json.dumps(tools, sort_keys=True, separators=(",", ":"))
+
+
+def _parse_preference(obj: dict[str, object]) -> PreferenceExample:
+    if "input" not in obj:
+        raise ExampleError("input", "missing required field 'input'")
+    conversation = obj["input"]
+    if not isinstance(conversation, dict):
+        raise ExampleError("input", f"input must be an object (got {_describe(conversation)})")
+    _check_keys(conversation, _PREFERENCE_INPUT_KEYS, "input.")
+    if "messages" not in conversation:
+        raise ExampleError("input", "missing required field 'messages'")
+    parallel = conversation.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise ExampleError(
+            "input.parallel_tool_calls",
+            f"parallel_tool_calls must be true or false (got {_describe(parallel)})",
+        )
+    prompt = _parse_messages(conversation["messages"], "input.messages")
+    return PreferenceExample(
+        prompt=tuple(replace(message, weight=0) for message in prompt),
+        preferred=_parse_answer(obj, "preferred_output"),
+        non_preferred=_parse_answer(obj, "non_preferred_output"),
+        tools=_parse_tools(conversation),
+        parallel_tool_calls=parallel,
+    )
+
+
 def parse_example(obj: object) -> Example:
     """Validates one decoded JSON line; the single source of truth for API and trainer alike."""
     if not isinstance(obj, dict):
         raise ExampleError(None, f"expected a JSON object (got {_describe(obj)})")
     is_chat = "messages" in obj
     has_completion_keys = not _COMPLETION_KEYS.isdisjoint(obj)
+    is_preference = not _PREFERENCE_KEYS.isdisjoint(obj)
     if is_chat and has_completion_keys:
         raise ExampleError(None, "example mixes 'messages' with 'prompt'/'completion'")
+    if is_preference and (is_chat or has_completion_keys):
+        raise ExampleError(
+            None, "example mixes preference fields with 'messages' or 'prompt'/'completion'"
+        )
+    if is_preference:
+        _check_keys(obj, _PREFERENCE_KEYS)
+        return _parse_preference(obj)
     if not is_chat and not has_completion_keys:
         raise ExampleError(
-            None, "expected either 'messages' (chat) or 'prompt' and 'completion' fields"
+            None,
+            "expected 'messages' (chat), 'prompt' and 'completion', or 'input', "
+            "'preferred_output' and 'non_preferred_output' (preference) fields",
         )
-    allowed = _CHAT_KEYS if is_chat else _COMPLETION_KEYS
-    for key in obj:
-        if key not in allowed:
-            raise ExampleError(_clip(key), f"unknown field {_describe(key)}")
+    _check_keys(obj, _CHAT_KEYS if is_chat else _COMPLETION_KEYS)
     return _parse_chat(obj["messages"]) if is_chat else _parse_completion(obj)
 
 
 def _n_chars(example: Example) -> int:
+    if isinstance(example, PreferenceExample):
+        turns = (*example.prompt, example.preferred, example.non_preferred)
+        return sum(len(m.content) for m in turns)
     if isinstance(example, ChatExample):
         return sum(len(m.content) for m in example.messages)
     return len(example.prompt) + len(example.completion)
@@ -335,9 +419,11 @@ class DatasetValidator:
         for line in lines:
             decoded = fast.decode(line, max_bytes)
             chars = fast.n_chars(decoded) if decoded is not None else None
-            if chars is None:
+            # Only supervised lines fit the structs: in a preference file they are an error.
+            if chars is None or report.format == "preference":
                 self._check(line_no, line)
             else:
+                report.format = "supervised"
                 report.n_lines += 1
                 report.n_examples += 1
                 report.n_chars += chars
@@ -367,6 +453,8 @@ class DatasetValidator:
         report = self._report
         try:
             example = _example(line_no, line, self._max_line_bytes)
+            if example is not None:
+                report.format = _same_format(report.format, example)
         except ExampleError as e:
             report.n_lines += 1
             report.n_errors += 1
@@ -378,6 +466,16 @@ class DatasetValidator:
             report.n_examples += 1
             report.n_chars += _n_chars(example)
         return example
+
+
+def _same_format(fixed: DatasetFormat | None, example: Example) -> DatasetFormat:
+    """A file holds one format, the first valid example's: a job trains with one method."""
+    found = format_of(example)
+    if fixed not in (None, found):
+        raise ExampleError(
+            None, f"a {found} example in a file of {fixed} examples: keep each kind in its own file"
+        )
+    return found
 
 
 def _numbered_lines(

@@ -7,12 +7,19 @@ token ids, which keeps it independent of how a template splits turns into tokens
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from ftaas_core.datasets import ChatExample, CompletionExample, Example
+from ftaas_core.examples import (
+    ChatExample,
+    CompletionExample,
+    Example,
+    PreferenceExample,
+    SupervisedExample,
+)
 
 IGNORE_INDEX = -100
 """Label of a token the loss skips (PyTorch's cross-entropy default)."""
@@ -29,6 +36,34 @@ class EncodedExample:
     def n_trained_tokens(self) -> int:
         """Tokens the loss sees; the first token is never predicted, nothing precedes it."""
         return sum(label != IGNORE_INDEX for label in self.labels[1:])
+
+    @property
+    def n_tokens(self) -> int:
+        """The row's length, by which batches are grouped."""
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """A preference example as two rows: the conversation ending in each answer, where only
+    the answer is labelled. ``reference``: each answer's summed log-probability under the
+    reference model, which DPO training adds before its first step."""
+
+    chosen: EncodedExample
+    rejected: EncodedExample
+    reference: tuple[float, float] | None = None
+
+    @property
+    def n_trained_tokens(self) -> int:
+        """Answer tokens of both rows; 0 when truncation left either answer without any, as
+        the two can then no longer be compared."""
+        chosen, rejected = self.chosen.n_trained_tokens, self.rejected.n_trained_tokens
+        return chosen + rejected if chosen and rejected else 0
+
+    @property
+    def n_tokens(self) -> int:
+        """The longer row's length: both rows pad to it in a batch."""
+        return max(self.chosen.n_tokens, self.rejected.n_tokens)
 
 
 def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -48,10 +83,14 @@ def _trained_spans(
     content get an eos token inserted after it instead.
     """
     messages = [{"role": m.role, "content": m.content} for m in example.messages]
+    tools = json.loads(example.tools) if example.tools else None
 
     def render(n_messages: int, generation_prompt: bool = False) -> str:
         return tokenizer.apply_chat_template(
-            messages[:n_messages], tokenize=False, add_generation_prompt=generation_prompt
+            messages[:n_messages],
+            tools=tools,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
         )
 
     full = render(len(messages))
@@ -122,7 +161,7 @@ def _encode_completion(
 
 
 def encode_example(
-    tokenizer: PreTrainedTokenizerBase, example: Example, max_seq_length: int
+    tokenizer: PreTrainedTokenizerBase, example: SupervisedExample, max_seq_length: int
 ) -> EncodedExample:
     """Tokenise one example, masking all but trained tokens, truncated to its first tokens."""
     if isinstance(example, ChatExample):
@@ -132,14 +171,32 @@ def encode_example(
     return EncodedExample(encoded.input_ids[:max_seq_length], encoded.labels[:max_seq_length])
 
 
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, example: PreferenceExample, max_seq_length: int
+) -> EncodedPair:
+    """Both rows of a preference example, each truncated as :func:`encode_example` does."""
+    return EncodedPair(
+        encode_example(tokenizer, example.answered(example.preferred), max_seq_length),
+        encode_example(tokenizer, example.answered(example.non_preferred), max_seq_length),
+    )
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, example: Example, max_seq_length: int
+) -> EncodedExample | EncodedPair:
+    if isinstance(example, PreferenceExample):
+        return encode_pair(tokenizer, example, max_seq_length)
+    return encode_example(tokenizer, example, max_seq_length)
+
+
 def encode_examples(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_seq_length: int
-) -> tuple[list[EncodedExample], int]:
+) -> tuple[list[EncodedExample | EncodedPair], int]:
     """Encode every example; return those with a trained token left and how many were dropped.
 
     Truncation can cut away every trained token of a long example; training on it would only
     waste compute, so it is dropped and counted for the job's progress messages.
     """
-    encoded = [encode_example(tokenizer, example, max_seq_length) for example in examples]
+    encoded = [encode(tokenizer, example, max_seq_length) for example in examples]
     kept = [example for example in encoded if example.n_trained_tokens > 0]
     return kept, len(encoded) - len(kept)

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Auto = Literal["auto"]
 BASE_LEARNING_RATE = 2e-4
@@ -22,6 +22,9 @@ the retention KL (1.74 → 0.95 nats/token) and still recalled every fact."""
 CHECKPOINTING_FROM_SEQ_LENGTH = 4096
 """From this max_seq_length on, "auto" recomputes activations in the backward pass: they grow
 with the sequence and would dominate memory, while recomputing costs about a third more time."""
+AUTO_BETA = 0.1
+"""DPO's beta under "auto": the DPO paper's and TRL's default, a moderate pull towards the
+reference model."""
 MaxSeqLength = Annotated[int, Field(ge=16, le=131072)]
 """Tokens an example is truncated to; shared with the dataset report so both accept the same."""
 
@@ -54,6 +57,20 @@ class Hyperparameters(BaseModel):
     replay: Annotated[float, Field(ge=0, le=1)] | Auto = "auto"
 
 
+class DpoHyperparameters(Hyperparameters):
+    """A DPO job's: the same and OpenAI's beta, the strength of the pull towards the reference
+    model. Replay does not apply: it mixes supervised examples in, and DPO trains on pairs."""
+
+    beta: Annotated[float, Field(gt=0, le=2)] | Auto = "auto"
+
+    @field_validator("replay")
+    @classmethod
+    def _no_replay(cls, replay: float | str) -> float | str:
+        if replay not in ("auto", 0):
+            raise ValueError("replay mixes supervised examples in; a DPO job trains on pairs only")
+        return replay
+
+
 @dataclass(frozen=True)
 class ResolvedHyperparameters:
     """Concrete values the recipe trains with; nothing here is "auto"."""
@@ -77,9 +94,11 @@ class ResolvedHyperparameters:
     gradient_checkpointing: bool = False
     replay: float = 0.0
     max_grad_norm: float = 1.0
+    beta: float | None = None  # DPO's; None for supervised fine-tuning
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The values, without a beta that supervised fine-tuning does not have."""
+        return {k: v for k, v in asdict(self).items() if k != "beta" or v is not None}
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -104,8 +123,13 @@ def auto_choices(hp: Hyperparameters, resolved: ResolvedHyperparameters) -> dict
         "batch_size": f"{resolved.batch_size} (about 0.2% of the examples, within 1..256)",
         "gradient_checkpointing": f"{str(resolved.gradient_checkpointing).lower()} (on from "
         f"max_seq_length {CHECKPOINTING_FROM_SEQ_LENGTH}, where activations dominate memory)",
-        "replay": f"{resolved.replay} (the base model's own answers to general prompts, "
-        "a quarter as many as the training examples, so it keeps what it knew)",
+        "replay": (
+            f"{resolved.replay} (not used by DPO, which trains on pairs only)"
+            if resolved.beta is not None
+            else f"{resolved.replay} (the base model's own answers to general prompts, "
+            "a quarter as many as the training examples, so it keeps what it knew)"
+        ),
+        "beta": f"{resolved.beta} (the DPO paper's and TRL's default)",
         "learning_rate_multiplier": f"{resolved.learning_rate_multiplier} "
         + (
             "(not used: learning_rate was given)"
@@ -113,12 +137,13 @@ def auto_choices(hp: Hyperparameters, resolved: ResolvedHyperparameters) -> dict
             else f"(learning rate {resolved.learning_rate:g} = {BASE_LEARNING_RATE:g} x multiplier)"
         ),
     }
-    return {name: reason for name, reason in reasons.items() if getattr(hp, name) == "auto"}
+    return {name: reason for name, reason in reasons.items() if getattr(hp, name, None) == "auto"}
 
 
 def resolve(hp: Hyperparameters, n_examples: int) -> ResolvedHyperparameters:
     """Replace every "auto" with the value it stands for on a dataset of ``n_examples``."""
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
+    dpo = isinstance(hp, DpoHyperparameters)
     return ResolvedHyperparameters(
         n_epochs=auto_epochs(n_examples) if hp.n_epochs == "auto" else hp.n_epochs,
         batch_size=auto_batch_size(n_examples) if hp.batch_size == "auto" else hp.batch_size,
@@ -136,10 +161,11 @@ def resolve(hp: Hyperparameters, n_examples: int) -> ResolvedHyperparameters:
         eval_steps=hp.eval_steps,
         early_stopping_patience=hp.early_stopping_patience,
         keep_best=hp.keep_best,
-        replay=AUTO_REPLAY if hp.replay == "auto" else hp.replay,
+        replay=(0.0 if dpo else AUTO_REPLAY) if hp.replay == "auto" else hp.replay,
         gradient_checkpointing=(
             hp.max_seq_length >= CHECKPOINTING_FROM_SEQ_LENGTH
             if hp.gradient_checkpointing == "auto"
             else hp.gradient_checkpointing
         ),
+        beta=(AUTO_BETA if hp.beta == "auto" else hp.beta) if dpo else None,
     )

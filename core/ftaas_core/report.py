@@ -3,7 +3,8 @@
 One streaming pass per file finds every bad line (not just the first few), renders each example
 exactly as training will (:func:`ftaas_core.encoding.encode_example`), and reports token counts,
 what max_seq_length would cut, duplicates, train/validation overlap and a preview of the tokens
-the loss sees. Only the tokenizer is loaded, never the weights, so the API can answer it on CPU.
+the loss sees; for preference pairs also their prompts' and answers' tokens and the pairs whose
+answers are identical. Only the tokenizer is loaded, never the weights, so the API can answer it on CPU.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from ftaas.types import (
     ExamplePreview,
     FileFindings,
     FileReport,
+    PreferenceFindings,
     RepeatedExample,
     ReportError,
     TokenStats,
     TruncatedExample,
 )
-from ftaas_core.datasets import DatasetValidator, Example
-from ftaas_core.encoding import IGNORE_INDEX, EncodedExample, encode_example
+from ftaas_core.datasets import DatasetValidator
+from ftaas_core.encoding import IGNORE_INDEX, EncodedExample, EncodedPair, encode
+from ftaas_core.examples import Example, PreferenceExample
 
 MAX_LISTED = 1000
 """Entries kept in each of a report's lists; the counts beside them are always complete."""
@@ -67,6 +70,62 @@ def _preview(
     )
 
 
+def _token_stats(lengths: list[int], trained: int) -> TokenStats | None:
+    if not lengths:
+        return None
+    lengths = sorted(lengths)
+    return TokenStats(
+        min=lengths[0],
+        mean=round(sum(lengths) / len(lengths), 2),
+        p95=lengths[math.ceil(0.95 * len(lengths)) - 1],
+        max=lengths[-1],
+        total=sum(lengths),
+        trained=trained,
+    )
+
+
+def _truncated(encoded: EncodedExample, limit: int) -> EncodedExample:
+    return EncodedExample(encoded.input_ids[:limit], encoded.labels[:limit])
+
+
+def _prompt_length(encoded: EncodedExample) -> int:
+    """Tokens before the answer: a pair's row labels its answer only."""
+    return next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
+
+
+class _PairScan:
+    """What only preference pairs have: their prompts' and answers' tokens, identical answers."""
+
+    def __init__(self, max_listed: int) -> None:
+        self.max_listed = max_listed
+        self.prompts: list[int] = []
+        self.answers: tuple[list[int], list[int]] = ([], [])
+        self.trained = [0, 0]
+        self.n_identical = 0
+        self.identical: list[int] = []
+
+    def add(self, line: int, example: PreferenceExample, full: EncodedPair, limit: int) -> None:
+        self.prompts.append(_prompt_length(full.chosen))
+        for i, row in enumerate((full.chosen, full.rejected)):
+            self.answers[i].append(row.n_trained_tokens)
+            self.trained[i] += _truncated(row, limit).n_trained_tokens
+        if example.preferred.content == example.non_preferred.content:
+            self.n_identical += 1
+            if len(self.identical) < self.max_listed:
+                self.identical.append(line)
+
+    def findings(self) -> PreferenceFindings | None:
+        if not self.prompts:
+            return None
+        return PreferenceFindings(
+            prompt_tokens=_token_stats(self.prompts, 0),
+            preferred_tokens=_token_stats(self.answers[0], self.trained[0]),
+            non_preferred_tokens=_token_stats(self.answers[1], self.trained[1]),
+            n_identical=self.n_identical,
+            identical=self.identical,
+        )
+
+
 class _FileScan:
     """Gathers one file's findings in a single pass, holding per example only its length and a
     hash of its parsed form (so duplicates are found whatever the JSON's spacing or key order)."""
@@ -88,6 +147,7 @@ class _FileScan:
         self.duplicates: list[RepeatedExample] = []
         self.n_duplicates = 0
         self.preview: ExamplePreview | None = None
+        self.pairs = _PairScan(max_listed)
 
     def scan(self, chunks: Iterable[bytes]) -> FileFindings:
         for line, example in self.validator.examples(chunks):
@@ -96,7 +156,7 @@ class _FileScan:
 
     def _add(self, line: int, example: Example) -> None:
         try:
-            full = encode_example(self.tokenizer, example, sys.maxsize)
+            full = encode(self.tokenizer, example, sys.maxsize)
         except (ValueError, TemplateError) as exc:
             self.n_render_errors += 1
             if len(self.render_errors) < self.max_listed:
@@ -105,37 +165,29 @@ class _FileScan:
             return
         # Encoded once at full length: the truncated form is its prefix, as in encode_example.
         limit = self.max_seq_length
-        encoded = EncodedExample(full.input_ids[:limit], full.labels[:limit])
-        n_tokens = len(full.input_ids)
+        if isinstance(full, EncodedPair) and isinstance(example, PreferenceExample):
+            self.pairs.add(line, example, full, limit)
+            shown = _truncated(full.chosen, limit)
+            trained = EncodedPair(shown, _truncated(full.rejected, limit)).n_trained_tokens
+        else:
+            shown = _truncated(full, limit)
+            trained = shown.n_trained_tokens
+        n_tokens = full.n_tokens
         self.lengths.append(n_tokens)
-        self.trained_tokens += encoded.n_trained_tokens
+        self.trained_tokens += trained
         if self.preview is None:
-            self.preview = _preview(self.tokenizer, line, encoded, n_tokens)
+            self.preview = _preview(self.tokenizer, line, shown, full.n_tokens)
         if n_tokens > self.max_seq_length:
             self.n_truncated += 1
             if len(self.truncated) < self.max_listed:
-                dropped = encoded.n_trained_tokens == 0
                 self.truncated.append(
-                    TruncatedExample(line=line, n_tokens=n_tokens, dropped=dropped)
+                    TruncatedExample(line=line, n_tokens=n_tokens, dropped=trained == 0)
                 )
         first_line = self.first_lines.setdefault(hash(example), line)
         if first_line != line:
             self.n_duplicates += 1
             if len(self.duplicates) < self.max_listed:
                 self.duplicates.append(RepeatedExample(line=line, first_line=first_line))
-
-    def _token_stats(self) -> TokenStats | None:
-        if not self.lengths:
-            return None
-        lengths = sorted(self.lengths)
-        return TokenStats(
-            min=lengths[0],
-            mean=round(sum(lengths) / len(lengths), 2),
-            p95=lengths[math.ceil(0.95 * len(lengths)) - 1],
-            max=lengths[-1],
-            total=sum(lengths),
-            trained=self.trained_tokens,
-        )
 
     def _findings(self) -> FileFindings:
         report = self.validator.finish()
@@ -150,11 +202,13 @@ class _FileScan:
             n_examples=report.n_examples - self.n_render_errors,
             n_errors=report.n_errors + self.n_render_errors,
             errors=errors[: self.max_listed],
-            tokens=self._token_stats(),
+            tokens=_token_stats(self.lengths, self.trained_tokens),
             n_truncated=self.n_truncated,
             truncated=self.truncated,
             n_duplicates=self.n_duplicates,
             duplicates=self.duplicates,
+            format=report.format,
+            preference=self.pairs.findings(),
         )
 
 

@@ -123,7 +123,13 @@ def test_report_counts() -> None:
     data = jsonl(CHAT, COMPLETION) + b"\n  \n" + jsonl(CHAT)
     report = validate(data)
     assert report == DatasetReport(
-        n_examples=3, n_lines=3, n_bytes=len(data), errors=[], n_errors=0, n_chars=4 + 5 + 4
+        n_examples=3,
+        n_lines=3,
+        n_bytes=len(data),
+        errors=[],
+        n_errors=0,
+        n_chars=4 + 5 + 4,
+        format="supervised",
     )
     assert report.ok
 
@@ -140,7 +146,12 @@ def test_empty_file_is_not_ok() -> None:
 BAD_EXAMPLES = [
     ([1, 2], None, "expected a JSON object (got array)"),
     ("text", None, "expected a JSON object (got 'text')"),
-    ({}, None, "expected either 'messages' (chat) or 'prompt' and 'completion' fields"),
+    (
+        {},
+        None,
+        "expected 'messages' (chat), 'prompt' and 'completion', or 'input', 'preferred_output' "
+        "and 'non_preferred_output' (preference) fields",
+    ),
     ({**CHAT, **COMPLETION}, None, "example mixes 'messages' with 'prompt'/'completion'"),
     ({**CHAT, "extra": 1}, "extra", "unknown field 'extra'"),
     ({**COMPLETION, "tools": []}, "tools", "unknown field 'tools'"),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from ftaas_core.hyperparams import (
+    AUTO_BETA,
+    DpoHyperparameters,
     Hyperparameters,
     auto_batch_size,
     auto_choices,
@@ -33,6 +36,7 @@ def test_resolution_is_recorded_only_for_auto_values() -> None:
         "n_epochs",
         "learning_rate_multiplier",
         "gradient_checkpointing",
+        "replay",
     }
     assert auto_choices(requested, resolved)["n_epochs"].startswith("5 ")
 
@@ -43,3 +47,25 @@ def test_gradient_checkpointing_is_on_for_long_sequences_unless_chosen() -> None
     chosen = Hyperparameters(max_seq_length=8192, gradient_checkpointing=False)
     assert not resolve(chosen, 20).gradient_checkpointing
     assert "gradient_checkpointing" not in auto_choices(chosen, resolve(chosen, 20))
+
+
+def test_dpo_has_a_beta_and_no_replay() -> None:
+    supervised = resolve(Hyperparameters(), 20)
+    assert supervised.beta is None and "beta" not in supervised.as_dict()
+
+    requested = DpoHyperparameters()
+    resolved = resolve(requested, 20)
+    assert (resolved.beta, resolved.replay) == (AUTO_BETA, 0.0)
+    assert resolved.as_dict()["beta"] == AUTO_BETA
+    assert auto_choices(requested, resolved)["replay"].startswith("0.0 (not used by DPO")
+    assert "beta" in auto_choices(requested, resolved)
+    assert resolve(DpoHyperparameters(beta=0.5, replay=0), 20).beta == 0.5
+    assert "beta" not in auto_choices(DpoHyperparameters(beta=0.5), resolved)
+
+
+@pytest.mark.parametrize("bad", [{"beta": 0}, {"beta": 2.5}, {"beta": "high"}, {"replay": 0.25}])
+def test_dpo_hyperparameters_are_bounded(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        DpoHyperparameters.model_validate(bad)
+    with pytest.raises(ValidationError):
+        Hyperparameters.model_validate({"beta": 0.1})

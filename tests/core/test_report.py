@@ -160,3 +160,45 @@ def test_text_form(tok: PreTrainedTokenizerBase) -> None:
     assert "... and 2 more (see --json)" in text
     assert "in both files: 1\n  validation line 1 = training line 1" in text
     assert text.endswith("<|assistant|>\n⟦Hello.<|eos|>⟧")
+
+
+def preference_line(question: str, preferred: str, non_preferred: str) -> dict[str, object]:
+    return {
+        "input": {"messages": [{"role": "user", "content": question}]},
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": non_preferred}],
+    }
+
+
+def test_preference_pairs(tok: PreTrainedTokenizerBase) -> None:
+    def answer_tokens(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"]) + 1  # and the eos
+
+    rows = [
+        preference_line("Hi", "Hello.", "Go away."),
+        preference_line("Hi", "Hello.", "Hello."),  # teaches nothing
+        preference_line("Hello there " * 40, "Hi.", "No."),  # nothing left after truncation
+        preference_line("Hi", "Hello. " * 40, "Hi."),  # the preferred row is cut
+    ]
+    prompt = _prompt_tokens(tok, rows[0])
+    limit = prompt + 10
+
+    report = build_report(tok, "tiny", [jsonl(rows)], limit)
+
+    assert (report.n_examples, report.format) == (4, "preference")
+    pairs = report.preference
+    assert pairs is not None
+    assert (pairs.n_identical, pairs.identical) == (1, [2])
+    assert pairs.prompt_tokens.min == prompt
+    assert pairs.preferred_tokens.max == answer_tokens("Hello. " * 40)
+    assert pairs.non_preferred_tokens.min == answer_tokens("No.")
+    assert [(t.line, t.dropped) for t in report.truncated] == [(3, True), (4, False)]
+    assert report.preview is not None and report.preview.text.endswith("⟦Hello.<|eos|>⟧")
+    assert "pairs with identical answers: 1\n  line 2" in format_report(report)
+    assert build_report(tok, "tiny", [jsonl([chat_line("q", "a")])], 2048).preference is None
+
+
+def _prompt_tokens(tok: PreTrainedTokenizerBase, row: dict[str, object]) -> int:
+    conversation = row["input"]["messages"]  # type: ignore[index]
+    text = tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return len(tok(text, add_special_tokens=False)["input_ids"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +14,15 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ftaas_core.datasets import ChatExample, CompletionExample, Message
+from ftaas_core.examples import ChatExample, CompletionExample, Message, PreferenceExample
 from ftaas_core.hyperparams import ResolvedHyperparameters
-from ftaas_worker.recipe import TrainingStopped, TrainResult, train
+from ftaas_worker.recipe import (
+    ModelLoadError,
+    TrainingDataError,
+    TrainingStopped,
+    TrainResult,
+    train,
+)
 from ftaas_worker.tiny_model import build_tiny_model
 
 pytestmark = [
@@ -286,3 +293,128 @@ def test_logits_on_trained_positions_match_the_full_forward(model_dir: Path) -> 
     )
     assert shortcut.shape == (10, base.config.vocab_size)
     torch.testing.assert_close(shortcut, full)
+
+
+# -- DPO and continued adapters ---------------------------------------------------------------
+
+PAIRS = [
+    PreferenceExample(
+        (Message("system", "Answer briefly."), Message("user", q)),
+        Message("assistant", a, 1),
+        Message("assistant", "I do not know.", 1),
+    )
+    for q, a in TAUGHT
+]
+DPO_HP = dataclasses.replace(HP, n_epochs=8, beta=0.1)
+
+
+@pytest.fixture(scope="module")
+def preferred(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainResult, RecordingHooks]:
+    hooks = RecordingHooks()
+    work_dir = tmp_path_factory.mktemp("dpo")
+    return train(str(model_dir), PAIRS, PAIRS[:4], DPO_HP, 0, work_dir, hooks), hooks
+
+
+def answer_margins(model_dir: Path, adapter_dir: Path) -> tuple[list[float], list[float]]:
+    """log p(preferred) - log p(non-preferred) of every pair, base model and with the adapter."""
+    from ftaas_core.encoding import encode_pair
+    from ftaas_worker.batches import collate_pairs
+    from ftaas_worker.recipe import answer_logps
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir)
+    batch = collate_pairs([encode_pair(tokenizer, p, 128) for p in PAIRS], tokenizer.pad_token_id)
+    with torch.no_grad():
+        tuned = answer_logps(model.eval(), batch, torch.device("cpu")).chunk(2)
+        with model.disable_adapter():
+            base = answer_logps(model, batch, torch.device("cpu")).chunk(2)
+    return (base[0] - base[1]).tolist(), (tuned[0] - tuned[1]).tolist()
+
+
+def test_dpo_learns_to_prefer_the_preferred_answers(
+    preferred: tuple[TrainResult, RecordingHooks], model_dir: Path
+) -> None:
+    result, hooks = preferred
+
+    first, last = hooks.metrics[0], hooks.metrics[-1]
+    assert first["rewards/accuracies"] == 0.5  # the policy starts as its reference: all ties
+    assert abs(first["rewards/margins"]) < 1e-4
+    assert first["train_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert last["rewards/accuracies"] >= 0.9
+    assert last["rewards/margins"] > 1.0
+    assert last["full_valid_rewards/accuracies"] >= 0.9
+    assert {"valid_loss", "valid_rewards/chosen", "valid_rewards/rejected"} <= set(
+        next(m for m in hooks.metrics if "valid_loss" in m)
+    )
+    assert "train_mean_token_accuracy" not in last
+    assert "Scoring the pairs with the reference model" in hooks.phases
+    checkpoint = json.loads((hooks.checkpoints[-1][1] / "trainer_state.json").read_text())
+    assert {"rewards/margins", "rewards/accuracies"} <= set(checkpoint["metrics"])
+    base, tuned = answer_margins(model_dir, result.adapter_dir)
+    assert all(t > b for b, t in zip(base, tuned, strict=True))
+
+
+def test_dpo_steps_divide_by_pairs_and_resume_to_identical_weights(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    hp = dataclasses.replace(
+        DPO_HP, n_epochs=2, batch_size=3, gradient_accumulation_steps=2, save_steps=1
+    )
+
+    def run(work_dir: Path, hooks: RecordingHooks, resume_from: Path | None = None) -> TrainResult:
+        return train(str(model_dir), PAIRS, None, hp, 5, work_dir, hooks, resume_from)
+
+    reference = run(tmp_path / "reference", RecordingHooks())
+    preempted = RecordingHooks(stop="preempt", stop_after_steps=3)
+    with pytest.raises(TrainingStopped):
+        run(tmp_path / "interrupted", preempted)
+    resumed = run(tmp_path / "resumed", RecordingHooks(), preempted.checkpoints[-1][1])
+
+    # 3 batches of 3, 3 and 2 pairs, 2 to a step: the first step's loss is its 6 pairs' mean.
+    assert reference.per_step_losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert resumed.per_step_losses == pytest.approx(reference.per_step_losses, abs=1e-6)
+    want = load_file(reference.adapter_dir / "adapter_model.safetensors")
+    got = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_a_continued_run_starts_from_its_adapter(
+    taught: tuple[TrainResult, RecordingHooks], model_dir: Path, tmp_path: Path
+) -> None:
+    adapter = taught[0].adapter_dir
+    hp = dataclasses.replace(HP, n_epochs=1)
+
+    fresh = train(str(model_dir), EXAMPLES, None, hp, 0, tmp_path / "fresh", RecordingHooks())
+    continued = train(
+        str(model_dir), EXAMPLES, None, hp, 0, tmp_path / "continued", RecordingHooks(),
+        start_from=adapter,
+    )  # fmt: skip
+    assert continued.per_step_losses[0] < 0.1 * fresh.per_step_losses[0]
+
+    # DPO from it: the reference is the starting adapter, so the first step is all ties
+    # (without dropout, which would make the policy differ from it).
+    hooks = RecordingHooks()
+    dpo_hp = dataclasses.replace(DPO_HP, n_epochs=1, lora_dropout=0.0)
+    train(str(model_dir), PAIRS, None, dpo_hp, 0, tmp_path / "dpo", hooks, start_from=adapter)
+    assert hooks.metrics[0]["rewards/accuracies"] == 0.5
+    assert abs(hooks.metrics[0]["rewards/margins"]) < 1e-4
+
+
+def test_an_adapter_of_other_lora_settings_is_refused(
+    taught: tuple[TrainResult, RecordingHooks], model_dir: Path, tmp_path: Path
+) -> None:
+    hp = dataclasses.replace(HP, target_modules=["q_proj"])
+
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        train(str(model_dir), EXAMPLES, None, hp, 0, tmp_path, RecordingHooks(),
+              start_from=taught[0].adapter_dir)  # fmt: skip
+
+
+def test_each_method_trains_on_its_own_examples(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingDataError, match="DPO job trains on preference examples"):
+        train(str(model_dir), EXAMPLES, None, DPO_HP, 0, tmp_path, RecordingHooks())
+    with pytest.raises(TrainingDataError, match="supervised job trains on supervised examples"):
+        train(str(model_dir), EXAMPLES, PAIRS, HP, 0, tmp_path, RecordingHooks())

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ftaas_core.encoding import IGNORE_INDEX, EncodedExample
+from ftaas_core.encoding import IGNORE_INDEX, EncodedExample, EncodedPair
 
 if TYPE_CHECKING:
     import torch
@@ -15,7 +15,7 @@ BATCHES_PER_MEGA_CHUNK = 50
 
 
 def make_batches(
-    examples: Sequence[EncodedExample], batch_size: int, seed: int, epoch: int
+    examples: Sequence[EncodedExample | EncodedPair], batch_size: int, seed: int, epoch: int
 ) -> list[list[int]]:
     """Split example indices into batches of similar lengths, in a random but repeatable order.
 
@@ -30,7 +30,7 @@ def make_batches(
     for chunk_start in range(0, len(order), chunk_size):
         chunk = sorted(
             order[chunk_start : chunk_start + chunk_size],
-            key=lambda index: len(examples[index].input_ids),
+            key=lambda index: examples[index].n_tokens,
             reverse=True,
         )
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
@@ -52,3 +52,9 @@ def collate(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Ten
         labels[row, :length] = torch.tensor(example.labels, dtype=torch.long)
         attention_mask[row, :length] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """The chosen rows, then the rejected rows, in one padded batch: one forward pass scores
+    both answers of every pair."""
+    return collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id)

@@ -4,6 +4,9 @@ We write the loop ourselves instead of using the Hugging Face Trainer so that ev
 service promises is visible here: token-weighted loss across gradient accumulation, checkpoints
 that resume bit-for-bit, cooperative cancel and preemption, and OpenAI-style metrics.
 
+Two objectives share the loop: supervised next-token cross-entropy on chat and completion
+examples, and DPO on preference pairs. A run may start from an earlier job's adapter.
+
 What a run sets up once and only reads is a ``_Run``; everything the loop changes is the
 ``TrainingState``, which is exactly what a checkpoint holds besides the adapter.
 """
@@ -15,8 +18,10 @@ import math
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -32,20 +37,29 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ftaas_core.datasets import Example
-from ftaas_core.encoding import IGNORE_INDEX, EncodedExample, encode_examples
+from ftaas_core.encoding import IGNORE_INDEX, EncodedExample, EncodedPair, encode_examples
+from ftaas_core.examples import (
+    DatasetFormat,
+    Example,
+    PreferenceExample,
+    SupervisedExample,
+    format_of,
+)
 from ftaas_core.hyperparams import ResolvedHyperparameters
 from ftaas_worker import probes
-from ftaas_worker.batches import collate, make_batches
+from ftaas_worker.batches import collate, collate_pairs, make_batches
 from ftaas_worker.probes import BaseAnswers
 
 METRIC_REPORTS_PER_RUN = 50
 EVALS_PER_RUN = 5
 PERIODIC_EVAL_EXAMPLES = 256
 """Periodic evals use this many validation examples; the final eval uses all of them."""
+TIE_MARGIN = 1e-4
+"""Nats: a DPO reward margin this small is a tie (far below any preference, above rounding)."""
 
 StopReason = Literal["cancel", "preempt"]
 Metrics = dict[str, float | int]
+Encoded = EncodedExample | EncodedPair
 
 
 class TrainingHooks(Protocol):
@@ -145,23 +159,38 @@ def trained_logits(
     return causal_lm.get_output_embeddings()(trained_hidden(model, inputs, trained))
 
 
-class LossTerms(NamedTuple):
-    """One batch's summed loss, its correct predictions, and the tokens both are counted over.
+def _fp32_logits(
+    model: PeftModel, inputs: dict[str, torch.Tensor], trained: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """:func:`trained_logits` (under bf16 autocast on CUDA), in float32 for the loss."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return trained_logits(model, inputs, trained).float()
 
-    Sums rather than means, so that the caller can weight every trained token equally however
-    the tokens are spread across batches and accumulation steps.
+
+class LossTerms(NamedTuple):
+    """One batch's summed loss, what it is averaged over (``weight``: trained tokens or pairs),
+    and the sums of its other metrics, keyed by their training names.
+
+    Sums rather than means, so that the caller can weight every trained token (or pair) equally
+    however they are spread across batches and accumulation steps.
     """
 
     loss_sum: torch.Tensor
-    correct: int
-    n_tokens: int
+    weight: int
+    sums: dict[str, float]
 
 
 class Objective(Protocol):
     """What the loop minimises; training steps and evaluations see the loss only through this."""
 
+    def weight(self, item: Any) -> int:
+        """The item's share of the divisor that averages the loss, known before the forward."""
+
+    def collate(self, items: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
+        """One batch of encoded items as tensors."""
+
     def loss_terms(self, model: PeftModel, batch: dict[str, torch.Tensor]) -> LossTerms:
-        """The summed loss and counts of one collated batch."""
+        """The summed loss and metrics of one collated batch."""
 
 
 @dataclass(frozen=True)
@@ -170,17 +199,103 @@ class NextTokenObjective:
 
     device: torch.device
 
+    def weight(self, example: EncodedExample) -> int:
+        return example.n_trained_tokens
+
+    def collate(self, examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate(examples, pad_id)
+
     def loss_terms(self, model: PeftModel, batch: dict[str, torch.Tensor]) -> LossTerms:
         """The summed next-token loss, correct predictions and trained tokens of ``batch``."""
         inputs, labels, trained = next_token_targets(batch, self.device)
-        on_cuda = self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_cuda):
-            logits = trained_logits(model, inputs, trained)
-        logits = logits.float()
+        logits = _fp32_logits(model, inputs, trained, self.device)
         labels = labels[trained]
         loss_sum = F.cross_entropy(logits, labels, reduction="sum")
         correct = (logits.argmax(dim=-1) == labels).sum()
-        return LossTerms(loss_sum, int(correct), len(labels))
+        return LossTerms(loss_sum, len(labels), {"train_mean_token_accuracy": float(correct)})
+
+
+def answer_logps(
+    model: PeftModel, batch: dict[str, torch.Tensor], device: torch.device
+) -> torch.Tensor:
+    """Each row's summed log-probability of its labelled tokens (its answer), as (rows,)."""
+    inputs, labels, trained = next_token_targets(batch, device)
+    logits = _fp32_logits(model, inputs, trained, device)
+    token_logps = -F.cross_entropy(logits, labels[trained], reduction="none")
+    rows = trained.nonzero()[:, 0]  # the row of each trained position, in the same order
+    return torch.zeros(len(trained), device=device).index_add(0, rows, token_logps)
+
+
+@dataclass(frozen=True)
+class PreferenceObjective:
+    """DPO (Rafailov et al., 2023), its sigmoid loss: -log sigmoid(β·(Δ preferred - Δ rejected)),
+    where Δ is how much more likely the policy makes an answer than the reference does (log-
+    probabilities summed over the answer's tokens). One loss per pair, so pairs weigh equally.
+
+    The rewards are β·Δ, named as TRL logs them. A tie (as at the first step, where the policy
+    is its reference) counts half in ``rewards/accuracies``, the coin flip it is: margins within
+    TIE_MARGIN, which float rounding across batch shapes reaches, are ties.
+    """
+
+    device: torch.device
+    beta: float
+
+    def weight(self, pair: EncodedPair) -> int:
+        return 1
+
+    def collate(self, pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
+        """The pairs' rows, with their reference log-probabilities in the same order."""
+        references = [pair.reference for pair in pairs]
+        if None in references:
+            raise ValueError("DPO needs each pair's reference log-probabilities")
+        batch = collate_pairs(pairs, pad_id)
+        chosen, rejected = zip(*references, strict=True)
+        batch["reference_logps"] = torch.tensor(chosen + rejected, dtype=torch.float32)
+        return batch
+
+    def loss_terms(self, model: PeftModel, batch: dict[str, torch.Tensor]) -> LossTerms:
+        """The summed DPO loss of the batch's pairs, and their rewards' sums."""
+        rows = {name: tensor for name, tensor in batch.items() if name != "reference_logps"}
+        reference = batch["reference_logps"].to(self.device)
+        rewards = self.beta * (answer_logps(model, rows, self.device) - reference)
+        chosen, rejected = rewards.chunk(2)
+        margins = chosen - rejected
+        ties = margins.abs() <= TIE_MARGIN
+        wins = (margins > 0).float().masked_fill(ties, 0.5)
+        sums = {
+            "rewards/chosen": chosen.sum().item(),
+            "rewards/rejected": rejected.sum().item(),
+            "rewards/margins": margins.sum().item(),
+            "rewards/accuracies": wins.sum().item(),
+        }
+        return LossTerms(-F.logsigmoid(margins).sum(), len(margins), sums)
+
+
+@torch.no_grad()
+def with_reference(
+    model: PeftModel, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int, fresh: bool
+) -> list[EncodedPair]:
+    """Each pair with its answers' log-probabilities under the reference model: the base model
+    (the adapter disabled) for a fresh adapter, or the model with the adapter it starts from.
+
+    Computed once, before the first step, instead of by a second forward pass at every step: one
+    forward pass per pair rather than per pair and epoch, no frozen second copy of a starting
+    adapter, and a resumed run recomputes the same numbers from the same start, so checkpoints
+    need not hold them. They take two floats per pair.
+    """
+    was_training = model.training
+    model.eval()
+    scored: list[EncodedPair] = []
+    with model.disable_adapter() if fresh else nullcontext():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            logps = answer_logps(model, collate_pairs(chunk, pad_id), model.device).tolist()
+            scored += [
+                replace(pair, reference=(logps[i], logps[len(chunk) + i]))
+                for i, pair in enumerate(chunk)
+            ]
+    model.train(was_training)
+    return scored
 
 
 # -- the training state: what a checkpoint holds ----------------------------------------------
@@ -209,7 +324,13 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def _load_adapter(model: PeftModel, directory: Path) -> None:
-    set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+    """Load the adapter weights saved in ``directory``; they must fit the model's adapter."""
+    loaded = set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+    if loaded.unexpected_keys:
+        raise ModelLoadError(
+            f"The adapter in {directory.name} does not fit this model and LoRA settings "
+            f"(e.g. {loaded.unexpected_keys[0]})"
+        )
 
 
 @dataclass
@@ -315,12 +436,12 @@ class _Run:
     tokenizer: PreTrainedTokenizerBase
     model: PeftModel
     objective: Objective
-    train_set: list[EncodedExample]
-    valid_set: list[EncodedExample]
+    train_set: list[Encoded]
+    valid_set: list[Encoded]
     eval_every: int
     report_every: int
     base_answers: BaseAnswers
-    sampled: Sequence[Example]  # whose prompts the final samples answer
+    sampled: Sequence[SupervisedExample]  # whose prompts the final samples answer
 
     @property
     def best_dir(self) -> Path:
@@ -355,14 +476,28 @@ def _load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _objective(hp: ResolvedHyperparameters, device: torch.device) -> Objective:
+    return NextTokenObjective(device) if hp.beta is None else PreferenceObjective(device, hp.beta)
+
+
+def _check_format(examples: Sequence[Example], hp: ResolvedHyperparameters) -> None:
+    """DPO trains on preference pairs, supervised fine-tuning on everything else."""
+    expected: DatasetFormat = "supervised" if hp.beta is None else "preference"
+    if found := next((format_of(e) for e in examples if format_of(e) != expected), None):
+        method = "supervised" if hp.beta is None else "DPO"
+        raise TrainingDataError(f"A {method} job trains on {expected} examples, not {found} ones")
+
+
 def _encode(
     tokenizer: PreTrainedTokenizerBase,
     train_examples: Sequence[Example],
     valid_examples: Sequence[Example] | None,
-    max_seq_length: int,
+    hp: ResolvedHyperparameters,
     hooks: TrainingHooks,
-) -> tuple[list[EncodedExample], list[EncodedExample]]:
+) -> tuple[list[Encoded], list[Encoded]]:
     """The training and validation sets, or a TrainingDataError the user can act on."""
+    max_seq_length = hp.max_seq_length
+    _check_format([*train_examples, *(valid_examples or [])], hp)
     try:
         train_set, n_dropped = encode_examples(tokenizer, train_examples, max_seq_length)
         valid_set = encode_examples(tokenizer, valid_examples or [], max_seq_length)[0]
@@ -412,6 +547,41 @@ def _wrap_lora(
     return peft_model
 
 
+def _load_model(
+    model_path: str, hp: ResolvedHyperparameters, device: torch.device, start_from: Path | None
+) -> PeftModel:
+    """The base model with a fresh adapter, or with the adapter saved in ``start_from``."""
+    model = _wrap_lora(_load_base_model(model_path, device, hp), hp, device)
+    if start_from is not None:
+        _load_adapter(model, start_from)
+    return model
+
+
+def _score_pairs(
+    run_sets: tuple[list[Encoded], list[Encoded]],
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    hp: ResolvedHyperparameters,
+    fresh: bool,
+) -> tuple[list[Encoded], list[Encoded]]:
+    """DPO's training and validation pairs with their reference log-probabilities; the
+    supervised sets unchanged."""
+    if hp.beta is None:
+        return run_sets
+    train_set, valid_set = (
+        with_reference(model, pairs, tokenizer.pad_token_id, hp.batch_size, fresh)
+        for pairs in run_sets
+    )
+    return train_set, valid_set
+
+
+def _as_supervised(example: Example) -> SupervisedExample:
+    """What the final samples ask: a pair's prompt, its preferred answer the reference."""
+    if isinstance(example, PreferenceExample):
+        return example.answered(example.preferred)
+    return example
+
+
 def _initial_state(model: PeftModel, hp: ResolvedHyperparameters, n_examples: int) -> TrainingState:
     """Optimizer and schedule over optimizer steps, each accumulating several micro-batches."""
     batches_per_epoch = math.ceil(n_examples / hp.batch_size)
@@ -430,7 +600,7 @@ def _mix_in_replay(
     tokenizer: PreTrainedTokenizerBase,
     hp: ResolvedHyperparameters,
     hooks: TrainingHooks,
-    train_set: list[EncodedExample],
+    train_set: list[Encoded],
     base_answers: BaseAnswers | None,
 ) -> BaseAnswers:
     """The base model's answers to the general prompts that replay and retention need (those
@@ -457,6 +627,7 @@ def _set_up(
     work_dir: Path,
     hooks: TrainingHooks,
     base_answers: BaseAnswers | None,
+    start_from: Path | None,
 ) -> tuple[_Run, TrainingState]:
     """Everything before the first step, and the state of a fresh run.
 
@@ -466,11 +637,12 @@ def _set_up(
     torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hooks.on_phase("Loading tokenizer")
     tokenizer = _load_tokenizer(model_path)
-    train_set, valid_set = _encode(
-        tokenizer, train_examples, valid_examples, hp.max_seq_length, hooks
-    )
+    encoded = _encode(tokenizer, train_examples, valid_examples, hp, hooks)
     hooks.on_phase("Loading base model")
-    model = _wrap_lora(_load_base_model(model_path, torch_device, hp), hp, torch_device)
+    model = _load_model(model_path, hp, torch_device, start_from)
+    if hp.beta is not None:
+        hooks.on_phase("Scoring the pairs with the reference model")
+    train_set, valid_set = _score_pairs(encoded, model, tokenizer, hp, start_from is None)
     base_answers = _mix_in_replay(model, tokenizer, hp, hooks, train_set, base_answers)
     state = _initial_state(model, hp, len(train_set))
     run = _Run(
@@ -481,13 +653,13 @@ def _set_up(
         device=torch_device,
         tokenizer=tokenizer,
         model=model,
-        objective=NextTokenObjective(torch_device),
+        objective=_objective(hp, torch_device),
         train_set=train_set,
         valid_set=valid_set,
         eval_every=hp.eval_steps or max(1, state.total_steps // EVALS_PER_RUN),
         report_every=max(1, state.total_steps // METRIC_REPORTS_PER_RUN),
         base_answers=base_answers,
-        sampled=valid_examples or train_examples,
+        sampled=[_as_supervised(example) for example in valid_examples or train_examples],
     )
     return run, state
 
@@ -528,54 +700,59 @@ def _train_step(
     Returns the step's train metrics and the non-padding tokens its forward passes ran.
     """
     micro_batches = [[run.train_set[index] for index in batch] for batch in group]
-    step_tokens = sum(example.n_trained_tokens for batch in micro_batches for example in batch)
-    loss_sum, correct, computed = 0.0, 0, 0
+    items = [item for batch in micro_batches for item in batch]
+    divisor = sum(run.objective.weight(item) for item in items)
+    loss_sum, sums, computed = 0.0, Counter[str](), 0
     for examples in micro_batches:
-        batch = collate(examples, run.tokenizer.pad_token_id)
+        batch = run.objective.collate(examples, run.tokenizer.pad_token_id)
         terms = run.objective.loss_terms(run.model, batch)
-        # Dividing by the whole step's trained tokens weights every token equally.
-        (terms.loss_sum / step_tokens).backward()
+        # Dividing by the whole step's weight weights every trained token (or pair) equally.
+        (terms.loss_sum / divisor).backward()
         loss_sum += terms.loss_sum.item()
-        correct += terms.correct
+        sums.update(terms.sums)
         computed += int(batch["attention_mask"].sum())
     learning_rate = state.scheduler.get_last_lr()[0]
     _apply_gradients(state, run.hp.max_grad_norm)
-    state.record_step(len(group), step_tokens, loss_sum / step_tokens)
+    trained_tokens = sum(item.n_trained_tokens for item in items)
+    state.record_step(len(group), trained_tokens, loss_sum / divisor)
     metrics = {
         "train_loss": state.per_step_losses[-1],
-        "train_mean_token_accuracy": correct / step_tokens,
+        **{name: total / divisor for name, total in sums.items()},
         "learning_rate": learning_rate,
     }
     return metrics, computed
 
 
 @torch.no_grad()
-def _evaluate(run: _Run, examples: Sequence[EncodedExample]) -> tuple[float, float]:
-    """Token-weighted loss and accuracy over ``examples``; leaves the model in train mode."""
+def _evaluate(run: _Run, examples: Sequence[Encoded], prefix: str) -> Metrics:
+    """The loss and metrics over ``examples``, weighted as in training and named as in
+    training with ``prefix`` for "train_" ("valid_loss", "valid_rewards/margins"...); leaves
+    the model in train mode."""
     run.model.eval()
-    loss_sum, correct, n_tokens = 0.0, 0, 0
+    loss_sum, weight, sums = 0.0, 0, Counter[str]()
     for start in range(0, len(examples), run.hp.batch_size):
-        batch = collate(examples[start : start + run.hp.batch_size], run.tokenizer.pad_token_id)
-        terms = run.objective.loss_terms(run.model, batch)
+        items = examples[start : start + run.hp.batch_size]
+        terms = run.objective.loss_terms(
+            run.model, run.objective.collate(items, run.tokenizer.pad_token_id)
+        )
         loss_sum += terms.loss_sum.item()
-        correct += terms.correct
-        n_tokens += terms.n_tokens
+        weight += terms.weight
+        sums.update(terms.sums)
     run.model.train()
-    return loss_sum / n_tokens, correct / n_tokens
+    totals = {"train_loss": loss_sum, **sums}
+    return {prefix + name.removeprefix("train_"): total / weight for name, total in totals.items()}
 
 
 def _validate(run: _Run, state: TrainingState) -> tuple[Metrics, bool]:
     """The periodic evaluation, kept as the best adapter when it improves; over the whole
     validation set too when training ends here. Also says whether early stopping ends it."""
-    valid_loss, valid_accuracy = _evaluate(run, run.valid_set[:PERIODIC_EVAL_EXAMPLES])
-    metrics: Metrics = {"valid_loss": valid_loss, "valid_mean_token_accuracy": valid_accuracy}
-    if state.best.update(valid_loss, state.step) and run.hp.keep_best:
+    metrics = _evaluate(run, run.valid_set[:PERIODIC_EVAL_EXAMPLES], "valid_")
+    if state.best.update(metrics["valid_loss"], state.step) and run.hp.keep_best:
         run.model.save_pretrained(run.best_dir)
     patience = run.hp.early_stopping_patience or 0
     stop_early = 0 < patience <= state.best.evals_since
     if stop_early or state.step == state.total_steps:
-        full_loss, full_accuracy = _evaluate(run, run.valid_set)
-        metrics |= {"full_valid_loss": full_loss, "full_valid_mean_token_accuracy": full_accuracy}
+        metrics |= _evaluate(run, run.valid_set, "full_valid_")
     return metrics, stop_early
 
 
@@ -682,15 +859,27 @@ def train(
     hooks: TrainingHooks,
     resume_from: Path | None = None,
     base_answers: BaseAnswers | None = None,
+    start_from: Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``model_path`` and save it with the tokenizer in work_dir/adapter.
 
-    With the same seed, a run resumed from one of its checkpoints ends with the same adapter and
-    per-step losses as an uninterrupted run (exactly so on CPU). ``base_answers``: the base
-    model's answers to the general prompts from an earlier run, to skip generating them.
+    Supervised fine-tuning, or DPO when ``hp.beta`` is set (on preference examples). With the
+    same seed, a run resumed from one of its checkpoints ends with the same adapter and per-step
+    losses as an uninterrupted run (exactly so on CPU). ``base_answers``: the base model's
+    answers to the general prompts from an earlier run, to skip generating them.
+    ``start_from``: a saved adapter (with the same LoRA settings) to train further, a
+    fine-tuned model continued; for DPO it is also the reference.
     """
     run, state = _set_up(
-        model_path, train_examples, valid_examples, hp, seed, work_dir, hooks, base_answers
+        model_path,
+        train_examples,
+        valid_examples,
+        hp,
+        seed,
+        work_dir,
+        hooks,
+        base_answers,
+        start_from,
     )
     hooks.on_phase(f"Training started: {state.total_steps} steps")
     if resume_from is not None:
