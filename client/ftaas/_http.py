@@ -19,6 +19,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import asynccontextmanager, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,19 +78,46 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Upload:
-    """A multipart file part. A path is opened anew for each attempt and streamed from disk."""
+class FileBody:
+    """A multipart file part named ``field``: the file, or ``length`` bytes of it from
+    ``offset``. A path is opened anew for each attempt and streamed from disk."""
 
     filename: str
     source: Path | bytes
+    offset: int = 0
+    length: int | None = None
+    field: str = "file"
 
     @contextmanager
     def open(self) -> Iterator[IO[bytes] | bytes]:
         if isinstance(self.source, bytes):
-            yield self.source
+            whole = self.length is None
+            yield self.source if whole else self.source[self.offset : self.offset + self.length]
             return
         with self.source.open("rb") as f:
-            yield f
+            yield f if self.length is None else _Slice(f, self.offset, self.length)
+
+
+class _Slice:
+    """``length`` bytes of a file from ``offset``, as a file of that size (httpx2 finds a
+    part's length by seeking to its end)."""
+
+    def __init__(self, file: IO[bytes], offset: int, length: int) -> None:
+        self._file, self._offset, self._length, self._at = file, offset, length, 0
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        self._at = position + (self._length if whence == os.SEEK_END else 0)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self._at
+        self._file.seek(self._offset + self._at)
+        data = self._file.read(left if size < 0 else min(size, left))
+        self._at += len(data)
+        return data
 
 
 @dataclass(frozen=True)
@@ -102,13 +130,18 @@ class Call:
     json: Any = None
     data: Mapping[str, str] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
-    upload: Upload | None = None
+    upload: FileBody | None = None
+    idempotent: bool = False
+    """A POST that the server answers the same when sent twice (an Upload's numbered part)."""
 
     @property
     def replayable(self) -> bool:
         """Whether sending it twice is harmless: reads, deletes, and POSTs under an idempotency
-        key. Anything else is retried only when the connection failed before it was sent."""
-        return self.method in ("GET", "DELETE") or "Idempotency-Key" in self.headers
+        key or idempotent. Anything else is retried only when the connection failed before it
+        was sent."""
+        return (
+            self.method in ("GET", "DELETE") or "Idempotency-Key" in self.headers or self.idempotent
+        )
 
     def after(self, cursor: str) -> Call:
         return dataclasses.replace(self, params={**self.params, "after": cursor})
@@ -143,14 +176,26 @@ class Download:
 
 
 @dataclass(frozen=True)
+class Gather:
+    """Send ``calls`` ``limit`` at a time, each with its own retries; answered with their
+    responses in order, or the first error (the calls not yet sent are not). ``done`` hears of
+    each call as it succeeds."""
+
+    calls: tuple[Call, ...]
+    limit: int
+    done: Callable[[Call], None] = lambda call: None
+
+
+@dataclass(frozen=True)
 class Emit(Generic[T]):
     """Hand ``item`` to the caller of a streamed method, then carry on."""
 
     item: T
 
 
-# What an operation yields; each is answered with: the response (read), None, the directory.
-Effect = Call | Sleep | Download
+# What an operation yields; each is answered with: the response (read), None, the directory,
+# the responses.
+Effect = Call | Sleep | Download | Gather
 Op = Generator[Effect, Any, T]  # an operation that returns a T
 Stream = Generator[Effect | Emit[T], Any, None]  # one that emits Ts as it goes
 
@@ -224,7 +269,9 @@ class BaseHTTP:
             params={k: v for k, v in call.params.items() if v is not None},
             json=call.json,
             data=call.data,
-            files=None if call.upload is None else {"file": (call.upload.filename, body)},
+            files=None
+            if call.upload is None
+            else {call.upload.field: (call.upload.filename, body)},
             headers={**self._headers, **call.headers},
         )
 
@@ -343,6 +390,8 @@ class SyncHTTP(BaseHTTP):
             return self.send(effect)
         if isinstance(effect, Sleep):
             return sleep(effect.seconds)
+        if isinstance(effect, Gather):
+            return self._gather(effect)
         with (
             self.stream(effect.call) as response,
             AdapterDownload(effect.dest, response) as download,
@@ -350,6 +399,22 @@ class SyncHTTP(BaseHTTP):
             for chunk in response.iter_bytes():
                 download.write(chunk)
         return download.unpack()
+
+    def _gather(self, gather: Gather) -> list[httpx2.Response]:
+        def send(call: Call) -> httpx2.Response:
+            response = self.send(call)
+            gather.done(call)
+            return response
+
+        with ThreadPoolExecutor(gather.limit, thread_name_prefix="ftaas-gather") as pool:
+            futures = [pool.submit(send, call) for call in gather.calls]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f.done() and f.exception() is not None]
+            if failed:
+                for future in futures:
+                    future.cancel()
+                raise failed[0].exception()  # type: ignore[misc]
+            return [future.result() for future in futures]
 
 
 class AsyncHTTP(BaseHTTP):
@@ -437,8 +502,28 @@ class AsyncHTTP(BaseHTTP):
             return await self.send(effect)
         if isinstance(effect, Sleep):
             return await async_sleep(effect.seconds)
+        if isinstance(effect, Gather):
+            return await self._gather(effect)
         async with self.stream(effect.call) as response:
             with AdapterDownload(effect.dest, response) as download:
                 async for chunk in response.aiter_bytes():
                     download.write(chunk)
         return await asyncio.to_thread(download.unpack)
+
+    async def _gather(self, gather: Gather) -> list[httpx2.Response]:
+        room = asyncio.Semaphore(gather.limit)
+
+        async def send(call: Call) -> httpx2.Response:
+            async with room:
+                response = await self.send(call)
+            gather.done(call)
+            return response
+
+        tasks = [asyncio.ensure_future(send(call)) for call in gather.calls]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise

@@ -159,7 +159,7 @@ def _hyperparameter(text: str) -> tuple[str, Any]:
 
 
 def _files_upload(client: Client, args: argparse.Namespace) -> None:
-    uploaded = client.files.upload(args.path, purpose=args.purpose)
+    uploaded = client.files.upload(args.path, purpose=args.purpose, progress=not args.no_progress)
     _emit(args, uploaded, _table([uploaded], FILE_COLUMNS))
 
 
@@ -283,9 +283,15 @@ def add_client_commands(subparsers: CommandGroup) -> dict[str, CommandGroup]:
     files = subparsers.add_parser("files", help="upload and list datasets").add_subparsers(
         dest="files", required=True
     )
-    upload = command(files, "upload", _files_upload, "upload a JSONL dataset")
+    upload = command(
+        files,
+        "upload",
+        _files_upload,
+        "upload a JSONL dataset (over 64 MiB: in parts, through /v1/uploads)",
+    )
     upload.add_argument("path")
     upload.add_argument("--purpose", default="fine-tune")
+    upload.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     command(files, "list", _files_list, "list uploaded files")
     report = command(
         files, "report", _files_report, "dry-run an uploaded file with a model's tokenizer"

@@ -11,6 +11,8 @@ give each method its type on either client.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import dataclasses
 import functools
 import os
 import time
@@ -30,14 +32,15 @@ from ftaas._http import (
     Call,
     Download,
     Emit,
+    FileBody,
+    Gather,
     Listing,
     Op,
     Sleep,
     Stream,
     SyncHTTP,
-    Upload,
 )
-from ftaas.errors import WaitTimeoutError
+from ftaas.errors import FtaasError, WaitTimeoutError
 from ftaas.pagination import AsyncPage, SyncPage
 from ftaas.types import (
     Checkpoint,
@@ -50,6 +53,8 @@ from ftaas.types import (
     Model,
     Page,
     Sample,
+    Upload,
+    UploadPart,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEndpointDeleted,
@@ -62,6 +67,13 @@ CHECKPOINTS_PAGE = 100  # the API's maximum
 METRICS_WINDOW = 50  # newest events searched for the latest metrics when showing progress
 WEBHOOKS = "/v1/webhooks"
 SAMPLES_FILE = "samples.jsonl"
+UPLOADS = "/v1/uploads"
+PART_BYTES = 64 * 1024 * 1024
+"""OpenAI's largest Upload part (what its SDK sends). A file larger than one part goes up
+through /v1/uploads in parts; one that fits goes in one POST /v1/files."""
+PARALLEL_PARTS = 4
+JSONL = "application/jsonl"
+
 
 H = TypeVar("H", bound=SyncHTTP | AsyncHTTP)  # the executor: the client a resource belongs to
 M = TypeVar("M", bound=BaseModel)
@@ -145,13 +157,50 @@ def _job(job_id: str, action: str = "") -> Op[FineTuningJob]:
     return _fetch(Call("POST", f"{path}/{action}") if action else Call("GET", path), FineTuningJob)
 
 
-def _upload_call(source: FileSource, purpose: str, filename: str | None) -> Call:
+def _file_body(source: FileSource, filename: str | None) -> FileBody:
     if isinstance(source, bytes):
-        upload = Upload(filename or "upload.jsonl", source)
-    else:
-        path = Path(source)
-        upload = Upload(filename or path.name, path)
-    return Call("POST", "/v1/files", data={"purpose": purpose}, upload=upload)
+        return FileBody(filename or "upload.jsonl", source)
+    path = Path(source)
+    return FileBody(filename or path.name, path)
+
+
+def _size(body: FileBody) -> int:
+    return len(body.source) if isinstance(body.source, bytes) else body.source.stat().st_size
+
+
+def _in_parts(body: FileBody, purpose: str, part_bytes: int, bar: tqdm) -> Op[FileObject]:
+    """Through the Uploads API: the parts numbered by their place, so that sending them
+    ``PARALLEL_PARTS`` at a time needs no reordering and a failed one alone is sent again. An
+    upload that fails is cancelled, so it leaves nothing on the server."""
+    size = _size(body)
+    created = {"bytes": size, "filename": body.filename, "mime_type": JSONL, "purpose": purpose}
+    upload = yield from _fetch(Call("POST", UPLOADS, json=created), Upload)
+    path = f"{UPLOADS}/{_id(upload.id)}"
+    calls = tuple(
+        Call(
+            "POST",
+            f"{path}/parts",
+            data={"part_number": str(number)},
+            upload=dataclasses.replace(
+                body, offset=offset, length=min(part_bytes, size - offset), field="data"
+            ),
+            idempotent=True,
+        )
+        for number, offset in enumerate(range(0, size, part_bytes), 1)
+    )
+    try:
+        answers = yield Gather(calls, PARALLEL_PARTS, lambda call: bar.update(call.upload.length))
+        part_ids = [UploadPart.model_validate_json(answer.content).id for answer in answers]
+        done = yield from _fetch(
+            Call("POST", f"{path}/complete", json={"part_ids": part_ids}), Upload
+        )
+    except Exception:
+        with contextlib.suppress(FtaasError):  # refused if the server cancelled it already
+            yield Call("POST", f"{path}/cancel")
+        raise
+    if done.file is None:
+        raise FtaasError(f"Upload {upload.id} completed without a file.")
+    return done.file
 
 
 def _report_call(
@@ -225,6 +274,12 @@ def _create_webhook_call(url: str, events: Iterable[str] | None) -> Call:
     return Call("POST", WEBHOOKS, json=body)
 
 
+def _bar(body: FileBody, enabled: bool) -> tqdm:
+    return tqdm(
+        total=_size(body), desc=body.filename, unit="B", unit_scale=True, disable=not enabled
+    )
+
+
 class _Deadline:
     def __init__(self, timeout: float | None, poll_interval: float) -> None:
         self.timeout = timeout
@@ -274,10 +329,26 @@ class Files(Resource[H]):
 
     @method
     def upload(
-        self, source: FileSource, purpose: str = "fine-tune", filename: str | None = None
+        self,
+        source: FileSource,
+        purpose: str = "fine-tune",
+        filename: str | None = None,
+        *,
+        part_bytes: int = PART_BYTES,
+        progress: bool = False,
     ) -> Op[FileObject]:
-        """Upload a JSONL dataset from a path (streamed from disk) or from bytes."""
-        return _fetch(_upload_call(source, purpose, filename), FileObject)
+        """Upload a JSONL dataset from a path (streamed from disk) or from bytes. One larger
+        than ``part_bytes`` (64 MiB, the server's largest part) goes up through /v1/uploads in
+        parts of that size, sent concurrently, a failed part alone retried; ``progress``
+        shows one bar for the whole file."""
+        body = _file_body(source, filename)
+        with closing(_bar(body, progress)) as bar:
+            if _size(body) > part_bytes:
+                return (yield from _in_parts(body, purpose, part_bytes, bar))
+            call = Call("POST", "/v1/files", data={"purpose": purpose}, upload=body)
+            uploaded = yield from _fetch(call, FileObject)
+            bar.update(uploaded.bytes)
+            return uploaded
 
     @paged
     def list(

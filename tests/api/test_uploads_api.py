@@ -25,19 +25,9 @@ from ftaas_core.reconcile import reconcile_once
 from ftaas_core.storage import S3_MIN_PART_BYTES, S3Store, get_store
 from tests.conftest import Backend, api_server, new_key, tenant_client
 from tests.support.data import chat_line, jsonl, taught_dataset
+from tests.support.uploads import content, dataset
 
 MiB = 1024 * 1024
-
-
-def dataset(size: int) -> bytes:
-    """Valid chat JSONL of at least ``size`` bytes, each line different."""
-    lines, total, i = [], 0, 0
-    while total < size:
-        line = jsonl([chat_line(f"question {i} {'x' * 200}", f"answer {i}")])
-        lines.append(line)
-        total += len(line)
-        i += 1
-    return b"".join(lines)
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:
@@ -77,10 +67,6 @@ def refused(response: httpx2.Response, param: str, status: int = 400) -> str:
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param
     return str(error["message"])
-
-
-def content(http: httpx2.Client, file_id: str) -> bytes:
-    return http.get(f"/v1/files/{file_id}/content").content
 
 
 def leftovers(upload_id: str) -> list[str]:
