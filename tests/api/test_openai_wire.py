@@ -69,6 +69,7 @@ def _validator(schema_ref: str) -> Draft202012Validator:
 
 FILE = "/files/{file_id}"
 JOB = "/fine_tuning/jobs/{fine_tuning_job_id}"
+UPLOAD = "/uploads/{upload_id}"
 
 
 class Wire:
@@ -183,6 +184,20 @@ def test_every_shared_route_answers_as_openai_documents(
     result = wire.call("get", FILE, done["result_files"][0])
     assert result["purpose"] == "fine-tune-results"
     assert result["id"] in [f["id"] for f in wire.call("get", "/files")["data"]]
+
+    # An Upload sent in two parts and completed into a file, and one cancelled.
+    size = {"bytes": len(data), "filename": "u.jsonl", "mime_type": "text/jsonl"}
+    pending = wire.call("post", "/uploads", json=size | {"purpose": "fine-tune"})
+    halves = (data[: len(data) // 2], data[len(data) // 2 :])
+    parts = [
+        wire.call("post", UPLOAD + "/parts", pending["id"], files={"data": ("p", half)})["id"]
+        for half in halves
+    ]
+    completed = wire.call("post", UPLOAD + "/complete", pending["id"], json={"part_ids": parts})
+    assert completed["status"] == "completed" and completed["file"]["bytes"] == len(data)
+    dropped = wire.call("post", "/uploads", json=size | {"purpose": "fine-tune"})["id"]
+    assert wire.call("post", UPLOAD + "/cancel", dropped)["status"] == "cancelled"
+    wire.call("post", UPLOAD + "/complete", dropped, json={"part_ids": parts}, expect=400)
 
     # Errors, each in OpenAI's error body.
     wire.call("get", FILE, "file-missing", expect=404)

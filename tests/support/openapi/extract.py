@@ -37,6 +37,10 @@ SHARED: dict[str, tuple[str, ...]] = {
     "/fine_tuning/jobs/{fine_tuning_job_id}/events": ("get",),
     "/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": ("get",),
     "/models": ("get",),
+    "/uploads": ("post",),
+    "/uploads/{upload_id}/parts": ("post",),
+    "/uploads/{upload_id}/complete": ("post",),
+    "/uploads/{upload_id}/cancel": ("post",),
 }
 # Not reached from any route's documented responses, but every error body has this shape.
 EXTRA_SCHEMAS = ("ErrorResponse",)
