@@ -24,7 +24,7 @@ import pytest
 from redis import Redis
 from rq import Worker
 
-from tests.conftest import Backend, api_server, new_key, tenant_client
+from tests.conftest import Backend, api_server, tenant_client
 from tests.support.data import taught_dataset
 from tests.support.jobs import HYPERPARAMETERS, TERMINAL, create_job, events, upload, wait_until
 from tests.support.services import Process, RedisServer, free_port, store_behind_a_proxy
@@ -52,6 +52,13 @@ def kill_a_busy_worker(
         child.kill()
     victim.stop()
     workers[workers.index(victim)] = backend.start("worker", **env)
+
+
+def chaos_key(backend: Backend, env: dict[str, str]) -> str:
+    """A key in this test's own database (``ftaas keys create`` prints it last)."""
+    created = backend.start("keys", "create", "--tenant", "chaos", **env)
+    created.proc.wait(60)
+    return created.output().strip().splitlines()[-1]
 
 
 def contend(http: httpx2.Client, job_id: str, rng: random.Random) -> None:
@@ -92,7 +99,7 @@ def test_kills_a_store_outage_and_concurrent_changes_lose_and_repeat_nothing(
         try:
             with (
                 api_server(backend, **env) as (url, server),
-                tenant_client(url, new_key(f"chaos-{rng.getrandbits(32):x}")) as http,
+                tenant_client(url, chaos_key(backend, env)) as http,
             ):
                 hook = http.post("/v1/webhooks", json={"url": f"http://127.0.0.1:{free_port()}/"})
                 endpoint = hook.json()["id"]
@@ -142,7 +149,13 @@ def test_kills_a_store_outage_and_concurrent_changes_lose_and_repeat_nothing(
                 )
                 assert not lost, [(j, by_id[j]["status"], by_id[j]["error"]) for j in lost]
                 assert repeated == 0
-                s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{proxy.port}")
+                s3 = boto3.client(
+                    "s3",
+                    endpoint_url=env["FTAAS_S3_ENDPOINT_URL"],
+                    aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                    aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                    region_name=env["AWS_DEFAULT_REGION"],
+                )
                 bucket, prefix = env["FTAAS_STORAGE_URL"].removeprefix("s3://").split("/", 1)
                 tenant = final[0]["organization_id"]
                 for job_id in jobs:
