@@ -13,11 +13,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ftaas_api import console
 from ftaas_api.auth import KeyGate
 from ftaas_api.errors import ERROR_RESPONSES, install_error_handlers
-from ftaas_api.limits import BodyLimit
+from ftaas_api.limits import BodyLimit, UploadSpool
 from ftaas_api.routes import files, health, jobs, models, uploads, webhooks
-from ftaas_core.db import POOL_SIZE, get_database
 from ftaas_core.queue import connect_async_redis
 from ftaas_core.reconcile import Reconciler
+from ftaas_core.settings import get_settings
+
+REQUEST_THREADS = 20
+"""Blocking request work at once (SQL, object store, tokenising). SQL beyond the connection pool
+(``FTAAS_DATABASE_POOL_SIZE``) waits for a connection rather than opening one."""
 
 
 class RequestId:
@@ -43,8 +47,8 @@ class RequestId:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    get_database().migrate()
-    to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
+    """The schema is migrated before this runs, by ``ftaas serve``."""
+    to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
     reconciler = Reconciler()
     reconciler.start()
     async with KeyGate(connect_async_redis()) as app.state.keys:
@@ -61,6 +65,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    settings = get_settings()
+    app.state.spool = UploadSpool(settings.max_upload_bytes * settings.max_concurrent_uploads)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestId)

@@ -60,10 +60,14 @@ class KeyGate:
         self._stop = asyncio.Event()
         self._syncing: asyncio.Task[None] | None = None
 
+    def blind(self, at: float | None = None) -> bool:
+        """Whether the last sync with Redis is older than BLIND_SECONDS (Redis unreachable)."""
+        return (time.monotonic() if at is None else at) - self.synced_at > BLIND_SECONDS
+
     async def tenant(self, digest: str) -> str | None:
         """The tenant of the live key with this digest, or None."""
         seen = time.monotonic()
-        blind = seen - self.synced_at > BLIND_SECONDS
+        blind = self.blind(seen)
         known = self.known.get(digest)
         if not blind and known and known.epoch == self.epoch and known.until > seen:
             return known.tenant

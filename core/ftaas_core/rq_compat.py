@@ -12,7 +12,7 @@ import re
 import signal
 import time
 from importlib.metadata import version as installed_version
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rq import Queue, Worker
 from rq.executions import Execution
@@ -26,6 +26,7 @@ SUPPORTED = f">={RQ_MIN},<{RQ_BELOW}"
 
 #: What the module reaches into, for the test that pins it to the installed rq.
 WORKER_HOOKS = (
+    "bootstrap",
     "fork_work_horse",
     "execute_job",
     "handle_warm_shutdown_request",
@@ -128,6 +129,9 @@ class HandOffWorker(Worker):
     def job_done(self) -> None:
         """Runs in the worker after each job, once its horse has ended and rq recorded how."""
 
+    def registered(self) -> None:
+        """Runs once rq has registered the worker, just before it takes its first job."""
+
     def warm_shutdown(self) -> None:
         """Runs on the first SIGINT or SIGTERM, before rq stops now (idle) or after the job."""
 
@@ -145,6 +149,11 @@ class HandOffWorker(Worker):
         """``Worker.wait_for_horse`` (undocumented): wait until the horse, if any, exits."""
         if self.horse_pid:
             self.wait_for_horse()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """rq hook: ``work`` calls it first; it registers the worker. Then :meth:`registered`."""
+        super().bootstrap(*args, **kwargs)
+        self.registered()
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         """rq hook: ``execute_job`` calls it after ``prepare_execution``; its horse monitor then

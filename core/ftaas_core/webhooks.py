@@ -20,7 +20,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -168,6 +168,20 @@ def vet(host: str, allow_private: bool = False) -> list[Address]:
                     f"its host {host!r} resolves to {address}, which is not a public address"
                 )
     return addresses
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def blocked_port(url: str, allowed: Collection[int] | None) -> str | None:
+    """Why ``url``'s port is not one the deployment lets deliveries out on
+    (``FTAAS_WEBHOOK_ALLOWED_PORTS``, which its egress policy mirrors), or None; None allows any."""
+    parsed = httpx2.URL(url)
+    port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    if allowed is None or port in allowed:
+        return None
+    ports = ", ".join(map(str, sorted(allowed)))
+    return f"port {port} is not open for webhooks here (allowed: {ports})"
 
 
 def refusal(url: str) -> str | None:

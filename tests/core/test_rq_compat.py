@@ -113,6 +113,9 @@ def test_rq_still_calls_the_hooks_where_rq_compat_expects() -> None:
     assert "self.horse_pid" in inspect.getsource(Worker.wait_for_horse)
     assert "self.handle_warm_shutdown_request()" in inspect.getsource(BaseWorker.request_stop)
     assert "self._stop_requested" in inspect.getsource(BaseWorker.work)
+    work = inspect.getsource(BaseWorker.work)
+    assert work.index("self.bootstrap(") < work.index("self.dequeue_job_and_maintain_ttl(")
+    assert "self.register_birth()" in inspect.getsource(BaseWorker.bootstrap)
     assert "self.perform_job(" in inspect.getsource(BaseWorker.main_work_horse)
     assert "os._exit(" in inspect.getsource(BaseWorker.main_work_horse)
 

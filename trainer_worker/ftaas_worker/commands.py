@@ -8,12 +8,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ftaas.cli import CommandGroup
+from ftaas_core.shutdown import exit_on_sigterm
 
 
 def _worker(args: argparse.Namespace) -> None:
+    exit_on_sigterm()  # before the imports and the migration, which may wait on the database
     from ftaas_worker.worker import run_worker
 
-    run_worker(burst=args.burst)
+    run_worker(burst=args.burst, one_job=args.one_job, ready_file=args.ready_file)
 
 
 def _tiny_model(args: argparse.Namespace) -> None:
@@ -32,6 +34,16 @@ def register(groups: Mapping[str, CommandGroup]) -> None:
     commands = groups["ftaas"]
     worker = commands.add_parser("worker", help="run a training worker (one GPU)")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument(
+        "--one-job",
+        action="store_true",
+        help="take at most one job, then exit (0, also when none is waiting): one per pod",
+    )
+    worker.add_argument(
+        "--ready-file",
+        type=Path,
+        help="a file created once the worker is registered and takes jobs (for a probe)",
+    )
     worker.set_defaults(func=_worker)
 
     tiny = commands.add_parser(

@@ -4,6 +4,12 @@ Each job runs in its own spawned (never forked) work horse, so CUDA is initialis
 process that trains. The horse is started ahead of its job (:mod:`ftaas_worker.standby`), so a
 job does not wait for torch to import. A warm shutdown (SIGTERM from Kubernetes, or Ctrl+C) is
 passed on to the horse, which saves a checkpoint and requeues its job.
+
+With ``one_job`` (a KEDA ScaledJob's pod, started for one waiting job) it takes at most one job
+and exits, 0 also when another pod took that job first: a worker that went on to the next job
+would take one KEDA has already started a pod for. Its ready file tells KEDA (through the pod's
+readiness) when it is taking jobs; until then KEDA counts the pod as pending, so it starts no
+second pod for the same job.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import signal
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -34,6 +41,7 @@ class TrainerWorker(HandOffWorker):
     stopping = False
     standby: StandbyHorse | None = None
     keep_standby = False  # a burst worker ends once the queue is empty: no horse waits for it
+    ready_file: Path | None = None
 
     def work(self, burst: bool = False, **kwargs: Any) -> bool:
         self.keep_standby = not burst
@@ -55,6 +63,10 @@ class TrainerWorker(HandOffWorker):
         horse.take(self, job, execution)
         return horse.pid
 
+    def registered(self) -> None:
+        if self.ready_file:
+            self.ready_file.touch()
+
     def job_done(self) -> None:
         self._refill_standby()
 
@@ -68,9 +80,13 @@ class TrainerWorker(HandOffWorker):
         self.signal_horse(signal.SIGTERM)
 
 
-def run_worker(burst: bool = False) -> None:
-    """Work until stopped; if Redis goes away, wait for it and carry on (jobs live in SQL)."""
+def run_worker(burst: bool = False, one_job: bool = False, ready_file: Path | None = None) -> None:
+    """Work until stopped (``burst``: until the queue is empty; ``one_job``: for one job at most);
+    if Redis goes away, wait for it and carry on (jobs live in SQL)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if ready_file:
+        ready_file.unlink(missing_ok=True)  # left by an earlier run in this pod: not ready yet
+    burst = burst or one_job
     check_rq_version()
     get_database().migrate()
     reconciler = Reconciler()
@@ -83,9 +99,10 @@ def run_worker(burst: bool = False) -> None:
                 serializer=JSONSerializer,
                 name=f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
             )
+            worker.ready_file = ready_file
             try:
                 reconcile_once()
-                worker.work(burst=burst, logging_level="INFO")
+                worker.work(burst=burst, max_jobs=1 if one_job else None, logging_level="INFO")
             except RedisError as exc:
                 log.warning("lost Redis: %s", exc)
             worker.wait_out_horse()  # a job still training finishes on its own (needs no Redis)

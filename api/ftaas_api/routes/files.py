@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from ftaas.types import FileDeleted, FileObject, FileReport, Page
-from ftaas_api.deps import DB, Config, Store, TenantId
+from ftaas_api.deps import DB, Config, Store, TenantId, UploadRoom
 from ftaas_api.errors import APIError, not_found
 from ftaas_api.paging import paginate
 from ftaas_api.uploads import receive_upload
@@ -63,7 +63,7 @@ UPLOAD_BODY = {
 
 @router.post("", openapi_extra=UPLOAD_BODY)
 async def upload_file(
-    request: Request, tenant: TenantId, db: DB, store: Store, settings: Config
+    request: Request, tenant: TenantId, _: UploadRoom, db: DB, store: Store, settings: Config
 ) -> FileObject:
     upload = await receive_upload(request, settings.max_upload_bytes, settings.upload_tmp_dir)
     try:

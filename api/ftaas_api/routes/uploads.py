@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ftaas.types import FileObject, Upload, UploadPart
-from ftaas_api.deps import DB, Config, Store, TenantId
+from ftaas_api.deps import DB, Config, Store, TenantId, UploadRoom
 from ftaas_api.errors import APIError
 from ftaas_api.uploads import receive_upload
 from ftaas_api.wire import file_wire
@@ -126,7 +126,13 @@ async def create_upload(
 
 @router.post("/{upload_id}/parts", openapi_extra=PART_BODY)
 async def add_part(
-    upload_id: str, request: Request, tenant: TenantId, db: DB, store: Store, settings: Config
+    upload_id: str,
+    request: Request,
+    tenant: TenantId,
+    _: UploadRoom,
+    db: DB,
+    store: Store,
+    settings: Config,
 ) -> UploadPart:
     received = await receive_upload(
         request,

@@ -18,7 +18,7 @@ from ftaas_api.paging import paginate
 from ftaas_core import models
 from ftaas_core.ids import new_id
 from ftaas_core.models import now
-from ftaas_core.webhooks import EVENT_TYPES, EventType, new_secret, refusal
+from ftaas_core.webhooks import EVENT_TYPES, EventType, blocked_port, new_secret, refusal
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -84,7 +84,10 @@ def create_webhook(
     body: WebhookCreate, tenant: TenantId, db: DB, config: Config
 ) -> WebhookEndpoint:
     """The answer is the only time the signing secret is shown."""
-    if not config.webhook_allow_private_networks and (reason := refusal(body.url)):
+    reason = blocked_port(body.url, config.webhook_allowed_ports)
+    if not (reason or config.webhook_allow_private_networks):
+        reason = refusal(body.url)
+    if reason:
         raise APIError(
             400, f"Webhook URL refused: {reason}.", param="url", code="invalid_webhook_url"
         )
