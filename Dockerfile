@@ -62,7 +62,8 @@ CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
 # ---------------------------------------------------------------------------------------------
 # worker: one training worker per GPU. The base image's CUDA build of torch is kept: pip is
 # constrained to the exact torch version already installed, so the worker's own torch
-# requirement cannot replace it.
+# requirement cannot replace it. The build then checks that torch is still that one and that
+# the training recipe imports with it, so an image that could not train is never pushed.
 FROM ${PYTORCH_IMAGE} AS worker
 LABEL org.opencontainers.image.title="ftaas-worker" \
       org.opencontainers.image.description="ftaas training worker (LoRA on CUDA)" \
@@ -81,6 +82,7 @@ RUN python -c "import sys; assert sys.version_info >= (3, 11), sys.version" \
  && python -m pip list --format=freeze | grep -i '^torch==' > /tmp/keep-torch.txt \
  && test -s /tmp/keep-torch.txt \
  && python -m pip install --constraint /tmp/keep-torch.txt ./client ./core ./trainer_worker \
+ && python -m pip list --format=freeze | grep -i '^torch==' | diff - /tmp/keep-torch.txt \
  && python -c "import torch, transformers, peft, ftaas_worker.worker, ftaas_worker.recipe" \
  && rm -rf /tmp/src /tmp/keep-torch.txt
 RUN groupadd --system --gid 10001 ftaas \
@@ -91,7 +93,8 @@ RUN groupadd --system --gid 10001 ftaas \
 WORKDIR /var/lib/ftaas
 USER 10001:10001
 # `ftaas` is PID 1 (exec form, no shell in between): Kubernetes' SIGTERM reaches the rq worker,
-# whose training process then saves a checkpoint and requeues its job before exiting.
+# whose training process then saves a checkpoint and requeues its job before exiting; during
+# start-up, before rq takes the signal, it exits at once.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["ftaas"]
 CMD ["worker"]

@@ -183,6 +183,17 @@ def test_worker_keeps_the_images_torch() -> None:
         assert re.search(r"--constraint|-c ", worker), "constrain torch to the image's version"
 
 
+def test_worker_build_imports_the_recipe_with_the_pinned_torch() -> None:
+    """An image whose training stack does not import (or whose torch pip swapped) fails to
+    build rather than fails its first job."""
+    worker = runs("worker")
+    install = worker.index("--constraint /tmp/keep-torch.txt")
+    unchanged = worker.index("grep -i '^torch==' | diff - /tmp/keep-torch.txt")
+    imports = re.search(r'python -c "import torch\b[^"]*\bftaas_worker\.recipe\b', worker)
+    assert imports, "the build imports ftaas_worker.recipe"
+    assert install < unchanged < imports.start() < worker.index("rm -rf /tmp/src /tmp/keep-torch")
+
+
 def test_base_images_pinned() -> None:
     for stage in STAGES:
         if stage.base in BY_NAME or stage.base == "scratch":

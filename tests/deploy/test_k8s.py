@@ -179,6 +179,45 @@ def queue_name(docs: list[dict[str, Any]]) -> str:
     return config_values(docs).get("FTAAS_QUEUE_NAME", Settings.model_fields["queue_name"].default)
 
 
+def setting(docs: list[dict[str, Any]], container: dict[str, Any], name: str) -> Any:
+    """A setting as ``container`` sees it: its own env, else the ConfigMap, else the default."""
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    key = f"FTAAS_{name.upper()}"
+    value = env.get(key, config_values(docs).get(key))
+    return Settings.model_fields[name].default if value is None else json.loads(value)
+
+
+UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def quantity(value: str | int) -> int:
+    """A Kubernetes quantity in bytes: ``2560Mi``, ``7Gi``, ``1G``, ``1024``."""
+    text = str(value)
+    for unit, factor in UNITS.items():
+        if text.endswith(unit):
+            return int(float(text.removesuffix(unit)) * factor)
+    return int(text)
+
+
+def disk_volumes(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The pod's emptyDirs on the node's disk (not memory-backed), by name."""
+    return {
+        v["name"]: v["emptyDir"]
+        for v in spec.get("volumes", [])
+        if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"
+    }
+
+
+def mount_of(container: dict[str, Any], path: str) -> str | None:
+    """The volume holding ``path`` in ``container``, the deepest mount that contains it."""
+    holders = [
+        m
+        for m in container.get("volumeMounts", [])
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    return max(holders, key=lambda m: len(m["mountPath"]))["name"] if holders else None
+
+
 # --------------------------------------------------------------------- render and validation
 
 
@@ -248,6 +287,9 @@ def test_keda_objects(target: str) -> None:
     # rq removes a job's id from the list when a worker starts it, so running jobs are not in
     # the count: "accurate" is the strategy for such queues.
     assert spec["scalingStrategy"]["strategy"] == "accurate"
+    # ... and a Job counts as pending, so no second one starts for a waiting id, until its pod
+    # is Ready: until its worker is registered and taking jobs (test_one_job_per_gpu_pod).
+    assert spec["scalingStrategy"]["pendingPodConditions"] == ["Ready"]
     assert spec.get("rollout", {}).get("strategy") == "gradual"
 
     (trigger,) = spec["triggers"]
@@ -273,7 +315,21 @@ def test_keda_objects(target: str) -> None:
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     (worker,) = job["template"]["spec"]["containers"]
     assert spec["envSourceContainerName"] == worker["name"]
-    assert worker["args"][:1] == ["worker"] and "--burst" in worker["args"]
+    assert worker["args"][:1] == ["worker"]
+
+
+@pytest.mark.parametrize("target", GPU_TARGETS)
+def test_one_job_per_gpu_pod(target: str) -> None:
+    """A pod takes one job and exits (a burst worker would go on to a job KEDA has started
+    another pod for), and it turns Ready, ending KEDA's "pending", once it takes jobs."""
+    (scaled,) = of_kind(render(target), "ScaledJob")
+    (worker,) = pod_spec(scaled)["containers"]
+    args = worker["args"]
+    assert "--one-job" in args and "--burst" not in args
+    ready_file = args[args.index("--ready-file") + 1]
+    assert worker["startupProbe"]["exec"]["command"] == ["test", "-e", ready_file]
+    assert "readinessProbe" not in worker, "Ready must mean the startup probe passed, no more"
+    assert mount_of(worker, ready_file) in disk_volumes(pod_spec(scaled))
 
 
 # ------------------------------------------------------------------------------- workloads
@@ -332,8 +388,6 @@ def test_workers_drain_gracefully(target: str) -> None:
 def test_api(target: str) -> None:
     docs = render(target)
     deployment = one(docs, "Deployment", "ftaas-api")
-    if target != "overlays/dev":
-        assert deployment["spec"]["replicas"] >= 2
     spec = pod_spec(deployment)
     (container,) = spec["containers"]
     assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]
@@ -360,6 +414,77 @@ def test_api(target: str) -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_no_replicas_where_an_hpa_scales(target: str) -> None:
+    """``kubectl apply -k`` would reset the count the HPA chose."""
+    docs = render(target)
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        assert "replicas" not in one(docs, ref["kind"], ref["name"])["spec"], ref["name"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_upload_spool_holds_the_uploads_a_replica_allows(target: str) -> None:
+    docs = render(target)
+    (api,) = pod_spec(one(docs, "Deployment", "ftaas-api"))["containers"]
+    spool = {e["name"]: e["value"] for e in api["env"]}["FTAAS_UPLOAD_TMP_DIR"]
+    volume = disk_volumes(pod_spec(one(docs, "Deployment", "ftaas-api")))[mount_of(api, spool)]
+    needed = setting(docs, api, "max_upload_bytes") * setting(docs, api, "max_concurrent_uploads")
+    assert quantity(volume["sizeLimit"]) > needed, "the spool needs its uploads and headroom"
+    assert mount_of(api, spool) != mount_of(api, "/tmp"), "the spool is a volume of its own"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_ephemeral_storage_requests_cover_what_pods_write(target: str) -> None:
+    """The scheduler places a pod where all its emptyDirs fit, and no limit evicts it sooner."""
+    for doc in [*component(render(target), "api"), *component(render(target), "worker")]:
+        spec = pod_spec(doc)
+        (container,) = spec["containers"]
+        volumes = disk_volumes(spec)
+        assert all("sizeLimit" in v for v in volumes.values()), doc["metadata"]["name"]
+        total = sum(quantity(v["sizeLimit"]) for v in volumes.values())
+        resources = container["resources"]
+        request = quantity(resources["requests"]["ephemeral-storage"])
+        assert request >= total, f"{doc['metadata']['name']}: {request} < {total}"
+        limit = resources.get("limits", {}).get("ephemeral-storage")
+        assert limit is None or quantity(limit) >= request
+
+
+# Connections a PostgreSQL accepts by default (max_connections 100), less the 3 it keeps for
+# superusers (superuser_reserved_connections).
+POSTGRES_CONNECTIONS = 100 - 3
+# Processes with a connection pool per worker pod: the worker and its job's training process; a
+# long-running (not --one-job) worker also keeps the next job's standby process.
+WORKER_PROCESSES = {"ScaledJob": 2, "Deployment": 3}
+
+
+def most_pods(docs: list[dict[str, Any]], doc: dict[str, Any]) -> int:
+    if doc["kind"] == "ScaledJob":
+        return doc["spec"]["maxReplicaCount"]
+    hpas = [
+        h
+        for h in of_kind(docs, "HorizontalPodAutoscaler")
+        if h["spec"]["scaleTargetRef"]["name"] == doc["metadata"]["name"]
+    ]
+    return hpas[0]["spec"]["maxReplicas"] if hpas else doc["spec"]["replicas"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_database_connections_fit_a_default_postgres(target: str) -> None:
+    """Every API and worker pod at its most, each process with its pool full, stays within
+    PostgreSQL's default max_connections (k8s/README.md: Scale)."""
+    docs = render(target)
+    total = 0
+    for doc in [*component(docs, "api"), *component(docs, "worker")]:
+        (container,) = pod_spec(doc)["containers"]
+        pool = setting(docs, container, "database_pool_size") + setting(
+            docs, container, "database_max_overflow"
+        )
+        processes = WORKER_PROCESSES[doc["kind"]] if "worker" in container["args"] else 1
+        total += most_pods(docs, doc) * processes * pool
+    assert total <= POSTGRES_CONNECTIONS, f"{target}: up to {total} connections"
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_redis(target: str) -> None:
     docs = render(target)
     redis = one(docs, "StatefulSet", "ftaas-redis")
@@ -368,6 +493,10 @@ def test_redis(target: str) -> None:
     assert "--maxmemory-policy noeviction" in args
     assert redis["spec"]["volumeClaimTemplates"], "the append-only file needs a volume"
     assert one(docs, "Service", "ftaas-redis")["spec"]["ports"][0]["port"] == 6379
+    # One replica: no voluntary eviction may take the queue down behind the operator's back.
+    pdb = one(docs, "PodDisruptionBudget", "ftaas-redis")
+    assert pdb["spec"]["minAvailable"] == redis["spec"]["replicas"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == redis["spec"]["selector"]["matchLabels"]
 
 
 # -------------------------------------------------------------------------------- security
@@ -425,7 +554,8 @@ def test_writable_dirs_are_volumes(target: str) -> None:
                     for key in ("HF_HOME", "FTAAS_DATA_DIR")
                     if key not in env
                 ]
-            for path in ["/tmp", *(env[k] for k in ("HF_HOME", "FTAAS_DATA_DIR") if k in env)]:
+            written = ("HF_HOME", "FTAAS_DATA_DIR", "FTAAS_UPLOAD_TMP_DIR")
+            for path in ["/tmp", *(env[k] for k in written if k in env)]:
                 holder = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
                 if not holder:
                     problems.append(f"{name}/{c['name']}: {path} is not on a volume")
@@ -455,6 +585,17 @@ def test_network_policies(target: str) -> None:
             (expr,) = peer["podSelector"]["matchExpressions"]
             assert expr["operator"] == "In" and set(expr["values"]) == {"api", "worker"}
     assert not redis.get("egress") and "Egress" in redis["policyTypes"]
+
+    # Webhooks go out on exactly the ports the API accepts them for, from every process that
+    # delivers them (the reconciler in the API and the workers), to any address.
+    hooks = policies["ftaas-webhook-egress"]
+    (expr,) = hooks["podSelector"]["matchExpressions"]
+    assert expr["operator"] == "In" and set(expr["values"]) == {"api", "worker"}
+    (rule,) = hooks["egress"]
+    assert "to" not in rule
+    allowed = json.loads(config_values(docs)["FTAAS_WEBHOOK_ALLOWED_PORTS"])
+    assert sorted(p["port"] for p in rule["ports"]) == sorted(allowed)
+    assert {p["protocol"] for p in rule["ports"]} == {"TCP"}
 
     # Every workload has a policy of its own beyond the namespace defaults.
     for doc in docs:
@@ -593,13 +734,30 @@ def test_dev_overlay_backends() -> None:
     assert pod_spec(minio)["containers"][0]["ports"][0]["containerPort"] == 9000
 
 
+def test_dev_models_are_built_in_every_pod_that_reads_them() -> None:
+    """The API (the dataset report reads the tokenizer) and the worker each have every local
+    model of FTAAS_MODELS, written by an init container onto a volume the server mounts."""
+    docs = render("overlays/dev")
+    local = [p for p in json.loads(config_values(docs)["FTAAS_MODELS"]).values() if p[0] == "/"]
+    assert local, "the dev overlay's models are built, not downloaded"
+    for doc in [*component(docs, "api"), *component(docs, "worker")]:
+        spec = pod_spec(doc)
+        (server,) = spec["containers"]
+        for path in local:
+            builders = [c for c in spec.get("initContainers", []) if path in c.get("args", [])]
+            assert builders, f"{doc['metadata']['name']}: nothing builds {path}"
+            assert mount_of(builders[0], path) == mount_of(server, path) is not None
+            assert mount_of(server, path) in disk_volumes(spec)
+
+
 def test_gpu_overlay_is_bigger_and_uses_a_registry() -> None:
     base, gpu = render("base"), render("overlays/gpu")
+    hpa = one(gpu, "HorizontalPodAutoscaler", "ftaas-api")["spec"]
     assert (
-        one(gpu, "Deployment", "ftaas-api")["spec"]["replicas"]
-        > one(base, "Deployment", "ftaas-api")["spec"]["replicas"]
+        hpa["minReplicas"]
+        > one(base, "HorizontalPodAutoscaler", "ftaas-api")["spec"]["minReplicas"]
     )
-    assert one(gpu, "HorizontalPodAutoscaler", "ftaas-api")["spec"]["minReplicas"] >= 3
+    assert hpa["minReplicas"] >= 3
     assert (
         one(gpu, "ScaledJob", "ftaas-worker")["spec"]["maxReplicaCount"]
         >= one(base, "ScaledJob", "ftaas-worker")["spec"]["maxReplicaCount"]
@@ -621,5 +779,11 @@ def test_readme_covers_operations() -> None:
         "FTAAS_REDIS_URL",
         "FTAAS_S3_ENDPOINT_URL",
         "SIGTERM",
+        "--one-job",
+        "pendingPodConditions",
+        "what an outage costs",
+        "max_connections",
+        "FTAAS_MAX_CONCURRENT_UPLOADS",
+        "FTAAS_WEBHOOK_ALLOWED_PORTS",
     ):
         assert needle in readme, f"k8s/README.md should mention {needle!r}"
