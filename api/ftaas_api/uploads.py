@@ -5,14 +5,16 @@ dataset, through the JSONL validator) chunk by chunk, every other part is a smal
 Everything is bounded while it streams, so memory stays flat whatever is sent: the file (413),
 the number of parts, each field and each part header (400), and the whole body (413, by
 :mod:`ftaas_api.limits`).
-Nothing is kept unless the body ends with its closing boundary, and nothing reaches the object
-store before that.
+Nothing is kept unless the body ends with its closing boundary, and nothing becomes an object
+of the store before that (a store that copies may be sent the file as it arrives, see
+:mod:`ftaas_api.follow`).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -24,7 +26,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from ftaas_api.errors import APIError
+from ftaas_api.follow import Follower
 from ftaas_core.datasets import DatasetReport, DatasetValidator
+from ftaas_core.storage import ObjectStore
 
 log = logging.getLogger("ftaas.api")
 
@@ -35,9 +39,8 @@ MAX_HEADER_BYTES = 4 * 1024
 """One header line: room for a long ``Content-Disposition`` filename."""
 PARSE_BATCH_BYTES = 1024 * 1024
 """Body bytes gathered before the parser's thread gets them: a hop per network chunk costs
-more than parsing it. A short chunk is handed on at once: the body is arriving slower than it
-is parsed, so waiting gains nothing (and what came stays visible)."""
-SHORT_CHUNK_BYTES = 64 * 1024
+more than parsing it. The first chunk goes at once, so the parts' headers are read (and the
+file part's temporary file made) as soon as they arrive."""
 MULTIPART_OVERHEAD = MAX_PARTS * (MAX_FIELD_BYTES + MAX_PART_HEADERS * MAX_HEADER_BYTES + 512)
 """The most a valid body holds besides the file's bytes (512: a delimiter line of the longest
 boundary python-multipart accepts, and header line ends)."""
@@ -48,6 +51,10 @@ def max_body_bytes(max_upload_bytes: int) -> int:
     return max_upload_bytes + MULTIPART_OVERHEAD
 
 
+Follow = Callable[[Path], Follower]
+"""Makes the follower that streams the file part into the store as it arrives."""
+
+
 @dataclass
 class ReceivedUpload:
     fields: dict[str, str] = field(default_factory=dict)
@@ -55,27 +62,43 @@ class ReceivedUpload:
     path: Path | None = None
     size: int = 0
     report: DatasetReport | None = None
+    follower: Follower | None = None
+
+    def keep(self, store: ObjectStore, key: str) -> None:
+        """Store the file under ``key``: finish its follower's write, or hand the file over."""
+        assert self.path is not None
+        if self.follower is not None:
+            self.follower, follower = None, self.follower
+            follower.commit()
+        else:
+            store.adopt(key, self.path)
 
     def discard(self) -> None:
+        if self.follower is not None:
+            self.follower.abort()
         if self.path:
             self.path.unlink(missing_ok=True)
 
 
 class _DatasetFile:
-    """The file part: a temporary file and, for a whole dataset, the JSONL validator, fed the
-    same chunks."""
+    """The file part: a temporary file and, for a whole dataset, the JSONL validator (and a
+    follower), fed the same chunks."""
 
-    def __init__(self, tmp_dir: Path, validate: bool) -> None:
+    def __init__(self, tmp_dir: Path, validate: bool, follow: Follow | None) -> None:
         self.out: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by finish()
             dir=tmp_dir, prefix="upload-", suffix=".jsonl", delete=False
         )
         self.path = Path(self.out.name)
         self.validator = DatasetValidator() if validate else None
+        self.follower = follow(self.path) if follow is not None else None
 
     def write(self, chunk: bytes) -> None:
         self.out.write(chunk)
         if self.validator is not None:
             self.validator.feed(chunk)
+        if self.follower is not None:
+            self.out.flush()
+            self.follower.wrote(len(chunk))
 
     def finish(self) -> DatasetReport | None:
         self.out.close()
@@ -85,11 +108,14 @@ class _DatasetFile:
 class _Receiver:
     """Parser callbacks: route each part's bytes to its form field or to the dataset file."""
 
-    def __init__(self, max_bytes: int, tmp_dir: Path, file_field: str, validate: bool) -> None:
+    def __init__(
+        self, max_bytes: int, tmp_dir: Path, file_field: str, validate: bool, follow: Follow | None
+    ) -> None:
         self.max_bytes = max_bytes
         self.tmp_dir = tmp_dir
         self.file_field = file_field
         self.validate = validate
+        self.follow = follow
         self.upload = ReceivedUpload()
         self.ended = False
         self._parts = 0
@@ -138,8 +164,9 @@ class _Receiver:
             raise APIError(400, "Send exactly one file part.", param=self.file_field)
         filename = params.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")
         self.upload.filename = filename[-255:] or "upload.jsonl"
-        self._file = _DatasetFile(self.tmp_dir, self.validate)
+        self._file = _DatasetFile(self.tmp_dir, self.validate, self.follow)
         self.upload.path = self._file.path
+        self.upload.follower = self._file.follower
         self._field = None
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -186,16 +213,17 @@ async def receive_upload(
     *,
     file_field: str = "file",
     validate: bool = True,
+    follow: Follow | None = None,
 ) -> ReceivedUpload:
     """Parse the whole body; its form fields and the file part ``file_field`` (in a temporary
-    file, validated as a dataset when ``validate``) come back only once the closing boundary
-    has arrived."""
+    file, validated as a dataset when ``validate``, sent on by ``follow``'s follower) come
+    back only once the closing boundary has arrived."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise APIError(400, "Upload files as multipart/form-data.", param=file_field)
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    receiver = _Receiver(max_bytes, tmp_dir, file_field, validate)
+    receiver = _Receiver(max_bytes, tmp_dir, file_field, validate, follow)
     try:
         await _parse(request, boundary, receiver)
         if not receiver.ended:
@@ -220,10 +248,12 @@ async def _parse(request: Request, boundary: bytes, receiver: _Receiver) -> None
         )
         batch: list[bytes] = []
         gathered = 0
+        first = True
         async for chunk in request.stream():
             batch.append(chunk)
             gathered += len(chunk)
-            if gathered >= PARSE_BATCH_BYTES or len(chunk) < SHORT_CHUNK_BYTES:
+            if gathered >= PARSE_BATCH_BYTES or first:
+                first = False
                 await run_in_threadpool(parser.write, b"".join(batch))
                 batch, gathered = [], 0
         await run_in_threadpool(parser.write, b"".join(batch))

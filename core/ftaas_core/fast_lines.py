@@ -108,7 +108,7 @@ def n_chars(line: Line) -> int | None:
         return len(line.prompt) + len(line.completion)  # type: ignore[arg-type]
     total, trained = 0, False
     for turn in line.messages:  # type: ignore[union-attr]
-        text = turn.text()
+        text = turn.content if type(turn.content) is str else turn.text()  # the usual, inline
         if text is None:
             return None
         total += len(text)

@@ -17,11 +17,13 @@ from urllib.parse import urlparse
 import httpx2
 import openai
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from ftaas_core import chunked
 from ftaas_core.db import get_database
 from ftaas_core.models import Upload
 from ftaas_core.reconcile import reconcile_once
+from ftaas_core.settings import get_settings
 from ftaas_core.storage import S3_MIN_PART_BYTES, S3Store, get_store
 from tests.conftest import Backend, api_server, new_key, tenant_client
 from tests.support.data import chat_line, jsonl, taught_dataset
@@ -61,7 +63,7 @@ def complete(http: httpx2.Client, upload_id: str, part_ids: list[str], **extra: 
     return http.post(f"/v1/uploads/{upload_id}/complete", json={"part_ids": part_ids} | extra)
 
 
-def refused(response: httpx2.Response, param: str, status: int = 400) -> str:
+def refused(response: httpx2.Response, param: str | None, status: int = 400) -> str:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -285,3 +287,56 @@ def test_an_expired_upload_takes_nothing_and_the_janitor_leaves_nothing(
         assert "expired" in refused(complete(http, upload["id"], []), "id")
     reconcile_once()
     assert leftovers(upload["id"]) == []
+
+
+def test_the_janitor_expires_an_upload_whose_completing_process_was_killed(
+    http: httpx2.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claimed for completion, then nothing: a day past its hour, it expires with its parts."""
+    data = dataset(S3_MIN_PART_BYTES + 100)
+    upload = create(http, len(data))
+    for piece in pieces(data, S3_MIN_PART_BYTES):
+        part_id(http, upload["id"], piece)
+    with get_database().session() as session:
+        claim = update(Upload).where(Upload.id == upload["id"]).values(status="completing")
+        session.execute(claim)
+    reconcile_once()
+    assert leftovers(upload["id"]) != []  # a completion may still be running
+    later = chunked.now() + 3600 + get_settings().upload_tmp_max_age_seconds + 60
+    monkeypatch.setattr(chunked, "now", lambda: later)
+    reconcile_once()
+    assert leftovers(upload["id"]) == []
+    with get_database().session() as session:
+        assert session.scalars(select(Upload.status).where(Upload.id == upload["id"])).one() == (
+            "expired"
+        )
+
+
+def open_multipart_uploads() -> set[str]:
+    store = get_store()
+    if not isinstance(store, S3Store):
+        return set()
+    listing = store.client.list_multipart_uploads(Bucket=store.bucket)
+    return {u["UploadId"] for u in listing.get("Uploads", [])}
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_post_files_sends_a_large_file_on_while_it_arrives(
+    http: httpx2.Client, valid: bool
+) -> None:
+    """On S3 a POST /v1/files is sent on as a multipart upload while it streams in: kept only
+    when it is valid, and an invalid one leaves no object and no multipart upload."""
+    data = dataset(20 * MiB) + (b"" if valid else b"{broken\n")
+    before = open_multipart_uploads()
+    response = http.post(
+        "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("big.jsonl", data)}
+    )
+    if valid:
+        assert response.status_code == 200, response.text
+        assert content(http, response.json()["id"]) == data
+    else:
+        assert "line" in refused(response, None)
+        deadline = time.monotonic() + 10  # the abort runs on the follower's thread
+        while open_multipart_uploads() - before and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert open_multipart_uploads() <= before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from ftaas.types import FileDeleted, FileObject, FileReport, Page
 from ftaas_api.deps import DB, Config, Store, TenantId, UploadRoom
 from ftaas_api.errors import APIError, not_found
+from ftaas_api.follow import Follower
 from ftaas_api.paging import paginate
 from ftaas_api.uploads import receive_upload
 from ftaas_api.wire import file_wire
@@ -65,7 +67,13 @@ UPLOAD_BODY = {
 async def upload_file(
     request: Request, tenant: TenantId, _: UploadRoom, db: DB, store: Store, settings: Config
 ) -> FileObject:
-    upload = await receive_upload(request, settings.max_upload_bytes, settings.upload_tmp_dir)
+    file_id = new_id("file")
+    key = file_key(tenant, file_id)
+    # A store that copies is sent the file while it arrives; the local store renames it after.
+    follow = None if store.moves_files else functools.partial(Follower, store, key)
+    upload = await receive_upload(
+        request, settings.max_upload_bytes, settings.upload_tmp_dir, follow=follow
+    )
     try:
         purpose = upload.fields.get("purpose")
         if purpose not in PURPOSES:
@@ -81,9 +89,7 @@ async def upload_file(
         if (problem := upload_refusal(report)) is not None:
             message, param = problem
             raise APIError(400, message, param=param, code="invalid_file")
-        file_id = new_id("file")
-        key = file_key(tenant, file_id)
-        await run_in_threadpool(store.adopt, key, upload.path)
+        await run_in_threadpool(upload.keep, store, key)
         row = File(
             id=file_id,
             tenant_id=tenant,
