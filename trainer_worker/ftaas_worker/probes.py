@@ -29,7 +29,7 @@ from ftaas_core.encoding import IGNORE_INDEX, encode_example
 from ftaas_worker.batches import collate
 
 MAX_NEW_TOKENS = 48
-GENERATION_BATCH = 10
+GENERATION_BATCH = 20  # one batch for all samples: a decode step costs little more per row
 MAX_SAMPLES = 20
 RETENTION_WARNING_KL = 1.0
 """Nats per answer token: above this the model answers general prompts unlike its base.
