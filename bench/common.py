@@ -203,6 +203,26 @@ def chat_rows(n: int, seed: int, min_words: int, max_words: int) -> list[dict[st
     ]
 
 
+def preference_rows(n: int, seed: int, min_words: int, max_words: int) -> list[dict[str, Any]]:
+    """Pairs of answers of different lengths to the same prompt, words from the tiny
+    tokenizer's corpus; the same seed gives the same rows."""
+    rng = random.Random(seed)
+    words = _words()
+
+    def text() -> list[dict[str, str]]:
+        content = " ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words)))
+        return [{"role": "assistant", "content": content}]
+
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": text()[0]["content"]}]},
+            "preferred_output": text(),
+            "non_preferred_output": text(),
+        }
+        for _ in range(n)
+    ]
+
+
 def jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(row) + "\n" for row in rows).encode()
 

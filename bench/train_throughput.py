@@ -192,6 +192,25 @@ def _mean_context(train_set: list[Any]) -> float:
     return sum(n * n for n in lengths) / sum(lengths)
 
 
+class StepClock:
+    """The recipe's hooks, timing the end of every step (every step reports on these runs)."""
+
+    def __init__(self) -> None:
+        self.ends: dict[int, float] = {}
+
+    def on_phase(self, message: str) -> None:
+        pass
+
+    def on_metrics(self, data: dict[str, float | int]) -> None:
+        self.ends[int(data["step"])] = time.perf_counter()
+
+    def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
+        pass
+
+    def stop_requested(self) -> None:
+        return None
+
+
 def run_ours(work: Workload) -> Result:
     from ftaas_core.hyperparams import Hyperparameters, resolve
     from ftaas_worker.batches import make_batches
@@ -199,23 +218,9 @@ def run_ours(work: Workload) -> Result:
 
     examples = _examples(work)
     hp = resolve(Hyperparameters.model_validate(work.hyperparameters()), len(examples))
-    ends: dict[int, float] = {}
-
-    class Hooks:
-        def on_phase(self, message: str) -> None:
-            pass
-
-        def on_metrics(self, data: dict[str, float | int]) -> None:
-            ends[int(data["step"])] = time.perf_counter()
-
-        def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
-            pass
-
-        def stop_requested(self) -> None:
-            return None
-
+    hooks = StepClock()
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp, _Peak(work.cuda) as peak:
-        train(work.model_dir, examples, None, hp, SEED, Path(tmp), Hooks())
+        train(work.model_dir, examples, None, hp, SEED, Path(tmp), hooks)
     _, train_set = _encoded(work, examples)
     batches = [
         [len(train_set[i].input_ids) for i in batch]
@@ -225,7 +230,7 @@ def run_ours(work: Workload) -> Result:
     step_tokens = [sum(lengths) for lengths in batches]
     computed = sum(len(lengths) * max(lengths) for lengths in batches)
     trained = sum(e.n_trained_tokens for e in train_set)
-    steps, seconds, tokens = _window(ends, step_tokens)
+    steps, seconds, tokens = _window(hooks.ends, step_tokens)
     return Result(
         steps,
         seconds,
@@ -374,19 +379,53 @@ def run_step_probe(work: Workload) -> StepProbe:
     return StepProbe(seconds, loss_delta, peak_bytes, first - seconds["shipped"])
 
 
-def run_trl(work: Workload) -> Result:
+def trl_arguments(work: Workload, output_dir: str) -> dict[str, Any]:
+    """What every TRL trainer here is given: our schedule, precision, LoRA-free settings and
+    nothing that would write or log."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
-    tokenizer, train_set = _encoded(work, _examples(work))
-    # Our own tokenisation and masks (assistant tokens only), so both train on the same labels.
-    dataset = Dataset.from_dict(
-        {"input_ids": [e.input_ids for e in train_set], "labels": [e.labels for e in train_set]}
-    )
     hp = work.hyperparameters()
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": work.batch_size,
+        "num_train_epochs": work.n_epochs,
+        "learning_rate": work.learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": hp["warmup_ratio"],
+        "weight_decay": hp["weight_decay"],
+        "max_grad_norm": 1.0,
+        "max_length": work.max_seq_length,
+        "bf16": work.cuda,
+        "use_cpu": not work.cuda,
+        "model_init_kwargs": {"dtype": torch.bfloat16 if work.cuda else torch.float32},
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": SEED,
+        "dataloader_num_workers": 0,
+    }
+
+
+def trl_lora(work: Workload) -> Any:
+    """Our LoRA settings as TRL's peft_config."""
+    from peft import LoraConfig
+
+    hp = work.hyperparameters()
+    return LoraConfig(
+        r=hp["lora_r"],
+        lora_alpha=hp["lora_alpha"],
+        lora_dropout=hp["lora_dropout"],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def train_timed(trainer: Any) -> tuple[int, float, int]:
+    """Train a TRL trainer; the steps, seconds and tokens of its timed window (see _window),
+    counting each batch's real tokens as its collator makes it."""
+    from transformers import TrainerCallback
+
     ends: dict[int, float] = {}
     step_tokens: list[int] = []
 
@@ -394,55 +433,43 @@ def run_trl(work: Workload) -> Result:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             ends[state.global_step] = time.perf_counter()
 
+    collate = trainer.data_collator
+
+    def counting(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(features)
+        step_tokens.append(int(batch["attention_mask"].sum()))
+        return batch
+
+    trainer.add_callback(Timing())
+    trainer.data_collator = counting
+    trainer.train()
+    return _window(ends, step_tokens[-len(ends) :])
+
+
+def run_trl(work: Workload) -> Result:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer, train_set = _encoded(work, _examples(work))
+    # Our own tokenisation and masks (assistant tokens only), so both train on the same labels.
+    dataset = Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in train_set], "labels": [e.labels for e in train_set]}
+    )
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp, _Peak(work.cuda) as peak:
         config = SFTConfig(
-            output_dir=tmp,
-            per_device_train_batch_size=work.batch_size,
-            num_train_epochs=work.n_epochs,
-            learning_rate=work.learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=hp["warmup_ratio"],
-            weight_decay=hp["weight_decay"],
-            max_grad_norm=1.0,
-            max_length=work.max_seq_length,
+            **trl_arguments(work, tmp),
             activation_checkpointing=False,
-            bf16=work.cuda,
-            use_cpu=not work.cuda,
             # The same length-grouped batching (megabatches of 50) as our recipe.
             train_sampling_strategy="group_by_length",
-            model_init_kwargs={"dtype": torch.bfloat16 if work.cuda else torch.float32},
-            logging_steps=10,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            seed=SEED,
-            dataloader_num_workers=0,
-        )
-        lora = LoraConfig(
-            r=hp["lora_r"],
-            lora_alpha=hp["lora_alpha"],
-            lora_dropout=hp["lora_dropout"],
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
         )
         trainer = SFTTrainer(
             model=work.model_dir,
             args=config,
             train_dataset=dataset,
             processing_class=tokenizer,
-            peft_config=lora,
-            callbacks=[Timing()],
+            peft_config=trl_lora(work),
         )
-        collate = trainer.data_collator
-
-        def counting(features: list[dict[str, Any]]) -> dict[str, Any]:
-            batch = collate(features)
-            step_tokens.append(int(batch["attention_mask"].sum()))
-            return batch
-
-        trainer.data_collator = counting
-        trainer.train()
-    steps, seconds, tokens = _window(ends, step_tokens)
+        steps, seconds, tokens = train_timed(trainer)
     return Result(steps, seconds, tokens, peak.bytes, _mean_context(train_set))
 
 
@@ -482,12 +509,15 @@ def _child_main(argv: list[str]) -> None:
 
 
 # -- in the parent ---------------------------------------------------------------------------
-def _child(mode: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+def _child(
+    mode: str, payload: dict[str, Any], module: str = "bench.train_throughput"
+) -> dict[str, Any] | None:
+    """Run ``module``'s child ``mode`` in a process of its own; its RESULT, or None."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     log = BENCH_DIR / f"train-{mode}.log"
     with log.open("a") as out:
         done = subprocess.run(
-            [sys.executable, "-m", "bench.train_throughput", "--child", mode, json.dumps(payload)],
+            [sys.executable, "-m", module, "--child", mode, json.dumps(payload)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=out,

@@ -43,7 +43,7 @@ def job_wire(row: models.Job | Row[Any], **extra: Any) -> FineTuningJob:
         validation_file=row.validation_file,
         estimated_finish=row.estimated_finish,
         metadata=row.metadata_,
-        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        method={"type": row.method, row.method: {"hyperparameters": hyperparameters}},
         suffix=row.suffix,
     )
     return FineTuningJob(**(fields | extra))

@@ -186,6 +186,7 @@ def _jobs_create(client: Client, args: argparse.Namespace) -> None:
         hyperparameters=dict(args.hp) if args.hp else None,
         suffix=args.suffix,
         seed=args.seed,
+        method=args.method,
     )
     _emit(args, job, _record(job, JOB_FIELDS))
 
@@ -305,8 +306,14 @@ def add_client_commands(subparsers: CommandGroup) -> dict[str, CommandGroup]:
         dest="jobs", required=True
     )
     create = command(jobs, "create", _jobs_create, "create a fine-tuning job")
-    create.add_argument("--model", required=True)
+    create.add_argument("--model", required=True, help="a model, or a fine-tuned one to continue")
     create.add_argument("--training-file", required=True, help="file id")
+    create.add_argument(
+        "--method",
+        choices=("supervised", "dpo"),
+        default="supervised",
+        help="dpo trains on a preference file (default: supervised)",
+    )
     create.add_argument("--validation-file", help="file id")
     create.add_argument("--suffix")
     create.add_argument("--seed", type=int)

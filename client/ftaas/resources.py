@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, cast, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, Self, TypeVar, cast, overload
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -73,7 +73,6 @@ PART_BYTES = 64 * 1024 * 1024
 through /v1/uploads in parts; one that fits goes in one POST /v1/files."""
 PARALLEL_PARTS = 4
 JSONL = "application/jsonl"
-
 
 H = TypeVar("H", bound=SyncHTTP | AsyncHTTP)  # the executor: the client a resource belongs to
 M = TypeVar("M", bound=BaseModel)
@@ -221,6 +220,7 @@ def _create_job_call(
     seed: int | None,
     metadata: Mapping[str, str] | None,
     idempotency_key: str | None,
+    method: Literal["supervised", "dpo"],
 ) -> Call:
     body: dict[str, Any] = {"model": model, "training_file": training_file}
     optional = {
@@ -230,11 +230,8 @@ def _create_job_call(
         "metadata": dict(metadata) if metadata is not None else None,
     }
     body |= {k: v for k, v in optional.items() if v is not None}
-    if hyperparameters is not None:
-        body["method"] = {
-            "type": "supervised",
-            "supervised": {"hyperparameters": dict(hyperparameters)},
-        }
+    if hyperparameters is not None or method != "supervised":
+        body["method"] = {"type": method, method: {"hyperparameters": dict(hyperparameters or {})}}
     # The key makes the POST safe to retry: the server answers a replay with the same job.
     key = idempotency_key or str(uuid.uuid4())
     return Call("POST", JOBS, json=body, headers={"Idempotency-Key": key})
@@ -441,8 +438,14 @@ class Jobs(Resource[H]):
         seed: int | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        method: Literal["supervised", "dpo"] = "supervised",
     ) -> Op[FineTuningJob]:
-        """Create a job; retried safely under ``idempotency_key`` (a fresh uuid4 by default)."""
+        """Create a job; retried safely under ``idempotency_key`` (a fresh uuid4 by default).
+
+        ``method``: supervised fine-tuning, or DPO on a preference file (``hyperparameters``
+        may then hold ``beta``). ``model`` may be a fine-tuned model or checkpoint of yours,
+        which the job trains further.
+        """
         call = _create_job_call(
             model,
             training_file,
@@ -452,6 +455,7 @@ class Jobs(Resource[H]):
             seed,
             metadata,
             idempotency_key,
+            method,
         )
         return _fetch(call, FineTuningJob)
 

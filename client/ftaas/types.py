@@ -122,9 +122,16 @@ class SupervisedMethod(WireModel):
     hyperparameters: JobHyperparameters
 
 
+class DpoMethod(WireModel):
+    """DPO's hyperparameters: the supervised ones, ``beta`` and our LoRA ones (extra fields)."""
+
+    hyperparameters: JobHyperparameters
+
+
 class Method(WireModel):
     type: str
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
 
 
 class FineTuningJob(WireModel):

@@ -308,6 +308,7 @@ def _file_row(upload: Upload, report: DatasetReport) -> File:
         storage_key=file_key(upload.tenant_id, upload.file_id),
         n_examples=report.n_examples,
         n_chars=report.n_chars,
+        dataset_format=report.format,
         created_at=created,
         expires_at=created + after if after is not None else None,
     )

@@ -55,7 +55,7 @@ def with_estimate_inputs(query: Select[Any]) -> Select[Any]:
     )
     speed = (
         select(func.max(Throughput.tokens_per_second))
-        .where(Throughput.model == Job.model)
+        .where(Throughput.model == Job.base_model)
         .scalar_subquery()
     )
     return query.add_columns(

@@ -57,6 +57,9 @@ class File(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     expires_at: Mapped[int | None] = mapped_column(BigInteger)
     n_chars: Mapped[int | None] = mapped_column(BigInteger)
+    # "supervised" or "preference" (ftaas_core.examples.DatasetFormat); NULL on files uploaded
+    # before formats were recorded, which are all supervised.
+    dataset_format: Mapped[str | None] = mapped_column(String(16))
 
 
 class Job(Base):
@@ -70,7 +73,12 @@ class Job(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    model: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str] = mapped_column(String(256))  # as asked: a catalogue or fine-tuned model
+    base_model: Mapped[str] = mapped_column(String(256))  # the catalogue model trained
+    # "supervised" or "dpo", as OpenAI's method.type
+    method: Mapped[str] = mapped_column(String(16), default="supervised")
+    # A job that continues a fine-tuned model: what it starts from (see routes/jobs.py).
+    parent: Mapped[dict[str, Any] | None]
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64))
     hyperparameters: Mapped[dict[str, Any]]

@@ -79,6 +79,20 @@ def test_create_has_every_openai_field(http: httpx2.Client, training_file: str) 
         ({"suffix": "has:colon"}, "suffix", None),
         ({"seed": -1}, "seed", None),
         ({"hyperparameters": {"keep_best": True}}, "validation_file", None),
+        ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", None),
+        ({"method": {"type": "dpo"}, "hyperparameters": {}}, "hyperparameters", None),
+        ({"method": {"type": "dpo"}}, "training_file", "invalid_training_file"),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}},
+            "method.dpo.hyperparameters.beta",
+            None,
+        ),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"replay": 0.5}}}},
+            "method.dpo.hyperparameters.replay",
+            None,
+        ),
+        ({"method": {"type": "reinforcement"}}, "method.type", None),
     ],
 )
 def test_invalid_creation_is_a_400_naming_the_field(
@@ -97,6 +111,12 @@ def test_invalid_creation_is_a_400_naming_the_field(
         assert param.split(".")[-1] in error["message"]
     if code:
         assert error["code"] == code
+
+
+def test_an_unknown_fine_tuned_model_is_not_found(http: httpx2.Client, training_file: str) -> None:
+    response = create(http, training_file=training_file, model="ft:tiny:acme::ftjob-nope")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
 
 
 def test_too_few_examples(http: httpx2.Client) -> None:

@@ -22,7 +22,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.conftest import Backend, new_key, tenant_client
-from tests.support.data import taught_dataset
+from tests.support.data import preference_dataset, taught_dataset
 from tests.support.jobs import HYPERPARAMETERS, TERMINAL, create_job, upload, wait_for_status
 from tests.support.openapi.extract import refs
 
@@ -181,6 +181,14 @@ def test_every_shared_route_answers_as_openai_documents(
     assert wire.call("get", JOB + "/checkpoints", trained)["data"]
     assert wire.call("get", "/fine_tuning/jobs", params={"limit": 2})["has_more"] is True
     assert done["fine_tuned_model"] in [m["id"] for m in wire.call("get", "/models")["data"]]
+    # A DPO job on a preference file, and a job that continues the fine-tuned model.
+    pairs = upload(wire.http, preference_dataset(), "p.jsonl")
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}}
+    dpo_body = {"model": "tiny", "training_file": pairs, "method": dpo}
+    dpo_job = wire.call("post", "/fine_tuning/jobs", json=dpo_body)
+    assert dpo_job["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
+    continued = {"model": done["fine_tuned_model"], "training_file": file_id}
+    assert wire.call("post", "/fine_tuning/jobs", json=continued)["model"] == continued["model"]
     result = wire.call("get", FILE, done["result_files"][0])
     assert result["purpose"] == "fine-tune-results"
     assert result["id"] in [f["id"] for f in wire.call("get", "/files")["data"]]

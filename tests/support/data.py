@@ -32,3 +32,24 @@ def jsonl(rows: list[dict[str, object]]) -> bytes:
 def taught_dataset(repeat: int = 2) -> bytes:
     """Every taught pair ``repeat`` times (at least the 10 examples a job needs)."""
     return jsonl([chat_line(q, a) for _ in range(repeat) for q, a in TAUGHT.items()])
+
+
+def preference_line(question: str, preferred: str, non_preferred: str) -> dict[str, object]:
+    """One line of OpenAI's preference format (DPO)."""
+    return {
+        "input": {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": question},
+            ]
+        },
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": non_preferred}],
+    }
+
+
+def preference_dataset(repeat: int = 2) -> bytes:
+    """Every taught answer preferred to not knowing, ``repeat`` times."""
+    return jsonl(
+        [preference_line(q, a, "I do not know.") for _ in range(repeat) for q, a in TAUGHT.items()]
+    )

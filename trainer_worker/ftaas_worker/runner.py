@@ -1,8 +1,8 @@
 """One fine-tuning job, run inside its own work horse process (see :mod:`ftaas_worker.horse`).
 
-Takes the job's lease, fetches its data, resumes from its newest checkpoint if an earlier attempt
-left one, trains with :mod:`ftaas_worker.recipe`, stores checkpoints and the adapter, and
-records the outcome. Every write goes through the lease, so a cancelled job or one taken over by
+Takes the job's lease, fetches its data (and the adapter it continues, if any), resumes from its
+newest checkpoint if an earlier attempt left one, trains with :mod:`ftaas_worker.recipe`, stores
+checkpoints and the adapter, and records the outcome. Every write goes through the lease, so a cancelled job or one taken over by
 another attempt is never written to.
 """
 
@@ -32,7 +32,13 @@ from ftaas_core.datasets import DatasetFormatError, Example, iter_examples
 from ftaas_core.db import get_database
 from ftaas_core.estimates import record_throughput
 from ftaas_core.events import add_event
-from ftaas_core.hyperparams import Hyperparameters, ResolvedHyperparameters, auto_choices, resolve
+from ftaas_core.hyperparams import (
+    DpoHyperparameters,
+    Hyperparameters,
+    ResolvedHyperparameters,
+    auto_choices,
+    resolve,
+)
 from ftaas_core.ids import new_id
 from ftaas_core.leases import Lease, LeaseLost
 from ftaas_core.models import Checkpoint, File, JobEvent, Tenant, now
@@ -162,15 +168,18 @@ class JobRun:
         with self.lease.guard() as (session, job):
             self.job_id = job.id
             self.tenant_id = job.tenant_id
-            self.model = job.model
+            self.model = job.base_model  # the catalogue model; job.model may be a fine-tuned one
+            self.method = job.method
+            self.parent = job.parent
             self.seed = job.seed
-            self.requested = Hyperparameters.model_validate(
-                {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
+            kind = DpoHyperparameters if job.method == "dpo" else Hyperparameters
+            self.requested = kind.model_validate(
+                {k: v for k, v in job.hyperparameters.items() if k in kind.model_fields}
             )
             tenant = session.get(Tenant, job.tenant_id)
             suffix = job.suffix or ""
             self.model_name = (
-                f"ft:{job.model}:{tenant.name if tenant else job.tenant_id}:{suffix}:{job.id}"
+                f"ft:{self.model}:{tenant.name if tenant else job.tenant_id}:{suffix}:{job.id}"
             )
             self.files = {"training": job.training_file, "validation": job.validation_file}
             self.resume_key = session.scalar(
@@ -248,6 +257,7 @@ class JobRun:
         hp = resolve(self.requested, len(train_examples))
         self._record_hyperparameters(hp)
         resume_from = self._fetch_resume_state()
+        start_from = self._fetch_parent_adapter()
         fingerprint = model_fingerprint(model_path)
         answers_key = _base_answers_key(self.model, fingerprint)
         result = train(
@@ -260,6 +270,7 @@ class JobRun:
             self,
             resume_from=resume_from,
             base_answers=self._cached_base_answers(answers_key),
+            start_from=start_from,
         )
         self._cache_base_answers(answers_key, result.base_answers)
         if result.retention_kl > RETENTION_WARNING_KL:
@@ -311,7 +322,9 @@ class JobRun:
         return {
             "job_id": self.job_id,
             "fine_tuned_model": self.model_name,
+            "method": self.method,
             "base_model": {"name": self.model, **fingerprint},
+            "parent": _lineage(self.parent),
             "datasets": self.dataset_digests,
             "seed": self.seed,
             "hyperparameters": hp.as_dict(),
@@ -396,6 +409,34 @@ class JobRun:
             explained = job.hyperparameters.get("auto_resolved") or auto_choices(self.requested, hp)
             job.hyperparameters = hp.as_dict() | {"auto_resolved": explained}
 
+    @survives_outages("fetching the adapter the job continues")
+    def _fetch_parent_adapter(self) -> Path | None:
+        """The continued model's adapter, checked against the sha256 recorded with it."""
+        if self.parent is None:
+            return None
+        archive = self.work_dir / "parent.tar.gz"
+        try:
+            chunks = iter_stream(self.store.open(self.parent["adapter_key"]))
+            with archive.open("wb") as out:
+                digest = hashlib.sha256()
+                for chunk in _hashed(chunks, digest):
+                    out.write(chunk)
+        except ObjectNotFound:
+            raise JobFailed(
+                "model_not_available",
+                f"The adapter of {self.parent['fine_tuned_model']} is no longer stored.",
+            ) from None
+        if digest.hexdigest() != self.parent["adapter_sha256"]:
+            raise JobFailed(
+                "model_not_available",
+                f"The adapter of {self.parent['fine_tuned_model']} does not match its sha256.",
+            )
+        target = self.work_dir / "parent"
+        with tarfile.open(archive, mode="r:gz") as tar:
+            tar.extractall(target, filter="data")
+        archive.unlink()
+        return target
+
     @survives_outages("fetching the newest checkpoint")
     def _fetch_resume_state(self) -> Path | None:
         if self.resume_key is None:
@@ -461,6 +502,17 @@ def _metrics_csv(metrics: list[dict[str, Any]]) -> bytes:
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows)
+
+
+def _lineage(parent: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a continued job started from, for its manifest: the parent job, the checkpoint (if
+    it was one) and the adapter's sha256."""
+    if parent is None:
+        return None
+    return {
+        name: parent[name]
+        for name in ("job_id", "checkpoint_id", "fine_tuned_model", "adapter_sha256")
+    }
 
 
 def _base_answers_key(model: str, fingerprint: dict[str, Any]) -> str:

@@ -101,6 +101,7 @@ async def upload_file(
             n_examples=report.n_examples,
             n_chars=report.n_chars,
             expires_at=expires_at,
+            dataset_format=report.format,
         )
         try:
             await run_in_threadpool(_insert, db, row)

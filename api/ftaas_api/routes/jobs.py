@@ -6,7 +6,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -24,7 +24,7 @@ from ftaas_api.wire import checkpoint_wire, event_wire, job_wire
 from ftaas_core import lifecycle
 from ftaas_core.db import Database
 from ftaas_core.estimates import estimate, with_estimate_inputs
-from ftaas_core.hyperparams import Hyperparameters
+from ftaas_core.hyperparams import DpoHyperparameters, Hyperparameters
 from ftaas_core.ids import new_id
 from ftaas_core.models import Checkpoint as CheckpointRow
 from ftaas_core.models import File, Job
@@ -48,9 +48,20 @@ class SupervisedSpec(Strict):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoSpec(Strict):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class MethodSpec(Strict):
-    type: Literal["supervised"]
+    type: Literal["supervised", "dpo"]
     supervised: SupervisedSpec | None = None
+    dpo: DpoSpec | None = None
+
+
+METHODS = {"supervised": "supervised", "dpo": "preference"}
+"""Each method and the format of the files it trains on (ftaas_core.examples.DatasetFormat)."""
+LORA_SETTINGS = ("lora_r", "lora_alpha", "target_modules")
+"""What shapes an adapter: a job that continues one keeps them."""
 
 
 class JobCreate(Strict):
@@ -64,12 +75,35 @@ class JobCreate(Strict):
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
     integrations: Annotated[list[Any], Field(max_length=0)] | None = None
 
+    @property
+    def method_type(self) -> str:
+        return self.method.type if self.method else "supervised"
+
+    def _method_spec(self) -> SupervisedSpec | DpoSpec | None:
+        """The settings of the method's type; those of another type are refused."""
+        if self.method is None:
+            return None
+        for name in METHODS:
+            if name != self.method.type and getattr(self.method, name) is not None:
+                raise APIError(
+                    400,
+                    f"method.{name} does not apply to a job whose method.type is "
+                    f"'{self.method.type}'.",
+                    param=f"method.{name}",
+                )
+        return getattr(self.method, self.method.type)
+
     def chosen_hyperparameters(self) -> Hyperparameters:
-        nested = (
-            self.method.supervised.hyperparameters
-            if self.method and self.method.supervised
-            else None
-        )
+        spec = self._method_spec()
+        nested = spec.hyperparameters if spec else None
+        if self.method_type == "dpo":
+            if self.hyperparameters is not None:
+                raise APIError(
+                    400,
+                    "Give a DPO job's hyperparameters under method.dpo.hyperparameters.",
+                    param="hyperparameters",
+                )
+            return nested or DpoHyperparameters()
         if nested is not None and self.hyperparameters is not None:
             raise APIError(
                 400,
@@ -105,7 +139,9 @@ def _owned_job(session: Session, tenant: str, job_id: str) -> Job:
     return row
 
 
-def _check_file(session: Session, tenant: str, file_id: str, param: str, min_examples: int) -> None:
+def _check_file(
+    session: Session, tenant: str, file_id: str, param: str, min_examples: int, method: str
+) -> None:
     code = f"invalid_{param}"
     row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant))
     if row is None:
@@ -126,19 +162,105 @@ def _check_file(session: Session, tenant: str, file_id: str, param: str, min_exa
             param=param,
             code="invalid_n_examples",
         )
+    held, trained = row.dataset_format or "supervised", METHODS[method]
+    if held != trained:
+        raise APIError(
+            400,
+            f"Invalid {param}: file '{file_id}' holds {held} examples; a {method} job trains on "
+            f"{trained} examples.",
+            param=param,
+            code=code,
+        )
+
+
+class Start(NamedTuple):
+    """What a job trains: a catalogue model, and the adapter it continues (with its job's
+    LoRA settings) when ``model`` names a fine-tuned model or checkpoint."""
+
+    base_model: str
+    parent: dict[str, Any] | None = None
+    lora: dict[str, Any] | None = None
+
+
+def _parent(session: Session, tenant: str, model: str) -> tuple[Job, CheckpointRow | None] | None:
+    """The caller's succeeded job whose fine-tuned model is ``model``, or the job and newest
+    checkpoint named ``model``."""
+    job = session.scalar(
+        select(Job).where(
+            Job.tenant_id == tenant,
+            Job.fine_tuned_model == model,
+            Job.status == JobStatus.SUCCEEDED.value,
+        )
+    )
+    if job is not None:
+        return job, None
+    found = session.execute(
+        select(Job, CheckpointRow)
+        .join(CheckpointRow, CheckpointRow.job_id == Job.id)
+        .where(Job.tenant_id == tenant, CheckpointRow.fine_tuned_model_checkpoint == model)
+        .order_by(CheckpointRow.seq.desc())
+        .limit(1)
+    ).first()
+    return (found[0], found[1]) if found else None
+
+
+def _start(session: Session, tenant: str, model: str, settings: Settings) -> Start:
+    """Another tenant's fine-tuned model is not found, like any other of its objects."""
+    available = ", ".join(sorted(settings.models)) or "none"
+    if model in settings.models:
+        return Start(model)
+    found = _parent(session, tenant, model)
+    if found is None and model.startswith("ft:"):
+        raise APIError(
+            404,
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    if found is None or found[0].base_model not in settings.models:
+        base = f" (a fine-tune of '{found[0].base_model}')" if found else ""
+        raise APIError(
+            400,
+            f"Model '{model}'{base} is not available. Available models: {available}.",
+            param="model",
+            code="model_not_available",
+        )
+    job, checkpoint = found
+    parent = {
+        "job_id": job.id,
+        "checkpoint_id": checkpoint.id if checkpoint else None,
+        "fine_tuned_model": model,
+        "adapter_key": f"{checkpoint.storage_key}/adapter.tar.gz"
+        if checkpoint
+        else job.adapter_key,
+        "adapter_sha256": checkpoint.adapter_sha256 if checkpoint else job.adapter_sha256,
+    }
+    return Start(
+        job.base_model, parent, {name: job.hyperparameters[name] for name in LORA_SETTINGS}
+    )
+
+
+def _keep_lora(hyperparameters: Hyperparameters, lora: dict[str, Any] | None) -> Hyperparameters:
+    """A continued adapter keeps its LoRA settings: those asked for must be the adapter's."""
+    if lora is None:
+        return hyperparameters
+    for name, value in lora.items():
+        asked = getattr(hyperparameters, name)
+        if name in hyperparameters.model_fields_set and asked != value:
+            raise APIError(
+                400,
+                f"The model continued is an adapter with {name}={value!r}, which a job that "
+                f"trains it further keeps (got {name}={asked!r}).",
+                param=f"hyperparameters.{name}",
+            )
+    return hyperparameters.model_copy(update=lora)
 
 
 def _validate_and_insert(
     session: Session, tenant: str, body: JobCreate, key: str | None, settings: Settings
 ) -> Job:
-    if body.model not in settings.models:
-        raise APIError(
-            400,
-            f"Model '{body.model}' is not available. Available models: {', '.join(sorted(settings.models)) or 'none'}.",
-            param="model",
-            code="model_not_available",
-        )
-    hyperparameters = body.chosen_hyperparameters()
+    start = _start(session, tenant, body.model, settings)
+    hyperparameters = _keep_lora(body.chosen_hyperparameters(), start.lora)
     if (
         hyperparameters.early_stopping_patience or hyperparameters.keep_best
     ) and not body.validation_file:
@@ -147,13 +269,17 @@ def _validate_and_insert(
             "early_stopping_patience and keep_best judge by validation loss: give a validation_file.",
             param="validation_file",
         )
-    _check_file(session, tenant, body.training_file, "training_file", settings.min_examples)
+    method = body.method_type
+    _check_file(session, tenant, body.training_file, "training_file", settings.min_examples, method)
     if body.validation_file:
-        _check_file(session, tenant, body.validation_file, "validation_file", 1)
+        _check_file(session, tenant, body.validation_file, "validation_file", 1, method)
     job = Job(
         id=new_id("ftjob"),
         tenant_id=tenant,
         model=body.model,
+        base_model=start.base_model,
+        method=method,
+        parent=start.parent,
         training_file=body.training_file,
         validation_file=body.validation_file,
         hyperparameters=hyperparameters.model_dump(),
