@@ -321,7 +321,7 @@ def test_a_trained_job_posts_succeeded(
                 "supervised": {"hyperparameters": HYPERPARAMETERS | {"n_epochs": 1}},
             },
         )
-        done = wait_for_status(http, job["id"], {"succeeded", "failed", "cancelled"}, 120, [worker])
+        done = wait_for_status(http, job["id"], {"succeeded", "failed", "cancelled"}, 300, [worker])
         assert done["status"] == "succeeded", done["error"]
         (request,) = receiver.wait_for(job["id"])
     finally:
