@@ -67,7 +67,8 @@ HP = ResolvedHyperparameters(
 
 
 class RecordingHooks:
-    """Records everything the recipe reports; asks to ``stop`` once ``stop_after_steps`` ran."""
+    """Records everything the recipe reports; asks to ``stop`` once the loop has asked
+    ``stop_after_steps`` times (before each step, and each evaluation batch)."""
 
     def __init__(self, stop: str | None = None, stop_after_steps: int = 0) -> None:
         self.stop, self.stop_after_steps = stop, stop_after_steps
@@ -86,6 +87,8 @@ class RecordingHooks:
         self.checkpoints.append((step, directory))
 
     def stop_requested(self) -> str | None:
+        if not any(phase.startswith("Training started") for phase in self.phases):
+            return None  # set-up asks too: see test_a_stop_during_set_up_ends_it
         self.stop_checks += 1
         return self.stop if self.stop_checks > self.stop_after_steps else None
 
@@ -234,6 +237,35 @@ def test_cancel_stops_at_once_without_a_checkpoint(model_dir: Path, tmp_path: Pa
     assert (stopped.value.reason, stopped.value.step) == ("cancel", 3)
     assert [step for step, _ in hooks.checkpoints] == [2]
     assert not (tmp_path / "adapter").exists()
+
+
+class StopAtOnce(RecordingHooks):
+    def stop_requested(self) -> str | None:
+        return "cancel"
+
+
+def test_a_stop_during_set_up_ends_it_before_the_model_loads(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    hooks = StopAtOnce()
+    with pytest.raises(TrainingStopped) as stopped:
+        train(str(model_dir), EXAMPLES, None, HP, 0, tmp_path, hooks)
+    assert (stopped.value.reason, stopped.value.step) == ("cancel", 0)
+    assert "Loading base model" not in hooks.phases
+
+
+def test_a_stop_during_an_evaluation_ends_it_between_batches(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Preempted in the evaluation after step 1 (two batches of four): step 1 is checkpointed
+    and the run ends there, before the evaluation's second batch and step 2."""
+    hp = dataclasses.replace(HP, n_epochs=2, eval_steps=1)
+    hooks = RecordingHooks(stop="preempt", stop_after_steps=1)  # step 1 asked, then batch 1
+    with pytest.raises(TrainingStopped) as stopped:
+        train(str(model_dir), EXAMPLES, EXAMPLES, hp, 0, tmp_path, hooks)
+    assert (stopped.value.reason, stopped.value.step) == ("preempt", 1)
+    assert [step for step, _ in hooks.checkpoints] == [1]
+    assert hooks.stop_checks == 2 and not hooks.metrics
 
 
 def test_data_without_trainable_tokens_is_rejected(model_dir: Path, tmp_path: Path) -> None:

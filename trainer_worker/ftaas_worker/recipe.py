@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -75,7 +76,8 @@ class TrainingHooks(Protocol):
         """A checkpoint was written; the caller persists it and may delete the directory."""
 
     def stop_requested(self) -> StopReason | None:
-        """Checked before every optimizer step; "preempt" checkpoints first, "cancel" does not."""
+        """Checked before every optimizer step, between evaluation batches and between set-up's
+        stages; "preempt" checkpoints first, "cancel" does not."""
 
 
 @dataclass
@@ -638,8 +640,10 @@ def _set_up(
     hooks.on_phase("Loading tokenizer")
     tokenizer = _load_tokenizer(model_path)
     encoded = _encode(tokenizer, train_examples, valid_examples, hp, hooks)
+    _stop_if_asked(hooks)
     hooks.on_phase("Loading base model")
     model = _load_model(model_path, hp, torch_device, start_from)
+    _stop_if_asked(hooks)
     if hp.beta is not None:
         hooks.on_phase("Scoring the pairs with the reference model")
     train_set, valid_set = _score_pairs(encoded, model, tokenizer, hp, start_from is None)
@@ -662,6 +666,13 @@ def _set_up(
         sampled=[_as_supervised(example) for example in valid_examples or train_examples],
     )
     return run, state
+
+
+def _stop_if_asked(hooks: TrainingHooks) -> None:
+    """Between set-up's stages, each of which may take minutes (a download, scoring every pair),
+    so a stop waits for one at most; nothing is trained yet, so nothing is checkpointed."""
+    if reason := hooks.stop_requested():
+        raise TrainingStopped(reason, 0)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -724,13 +735,17 @@ def _train_step(
 
 
 @torch.no_grad()
-def _evaluate(run: _Run, examples: Sequence[Encoded], prefix: str) -> Metrics:
+def _evaluate(
+    run: _Run, examples: Sequence[Encoded], prefix: str, stop: Callable[[], None]
+) -> Metrics:
     """The loss and metrics over ``examples``, weighted as in training and named as in
     training with ``prefix`` for "train_" ("valid_loss", "valid_rewards/margins"...); leaves
-    the model in train mode."""
+    the model in train mode. ``stop`` runs before each batch: a long evaluation is no reason
+    for a stop to wait."""
     run.model.eval()
     loss_sum, weight, sums = 0.0, 0, Counter[str]()
     for start in range(0, len(examples), run.hp.batch_size):
+        stop()
         items = examples[start : start + run.hp.batch_size]
         terms = run.objective.loss_terms(
             run.model, run.objective.collate(items, run.tokenizer.pad_token_id)
@@ -743,16 +758,17 @@ def _evaluate(run: _Run, examples: Sequence[Encoded], prefix: str) -> Metrics:
     return {prefix + name.removeprefix("train_"): total / weight for name, total in totals.items()}
 
 
-def _validate(run: _Run, state: TrainingState) -> tuple[Metrics, bool]:
+def _validate(run: _Run, state: TrainingState, since: _Since) -> tuple[Metrics, bool]:
     """The periodic evaluation, kept as the best adapter when it improves; over the whole
     validation set too when training ends here. Also says whether early stopping ends it."""
-    metrics = _evaluate(run, run.valid_set[:PERIODIC_EVAL_EXAMPLES], "valid_")
+    stop = partial(_stop_if_requested, run, state, since)
+    metrics = _evaluate(run, run.valid_set[:PERIODIC_EVAL_EXAMPLES], "valid_", stop)
     if state.best.update(metrics["valid_loss"], state.step) and run.hp.keep_best:
         run.model.save_pretrained(run.best_dir)
     patience = run.hp.early_stopping_patience or 0
     stop_early = 0 < patience <= state.best.evals_since
     if stop_early or state.step == state.total_steps:
-        metrics |= _evaluate(run, run.valid_set, "full_valid_")
+        metrics |= _evaluate(run, run.valid_set, "full_valid_", stop)
     return metrics, stop_early
 
 
@@ -792,7 +808,7 @@ def _train_epoch(run: _Run, state: TrainingState, since: _Since) -> bool:
         evaluated = bool(run.valid_set) and (state.step % run.eval_every == 0 or finished)
         stop_early = False
         if evaluated:
-            valid_metrics, stop_early = _validate(run, state)
+            valid_metrics, stop_early = _validate(run, state, since)
             metrics |= valid_metrics
         if evaluated or finished or state.step % run.report_every == 0:
             metrics["tokens_per_second"] = since.tokens_per_second()
