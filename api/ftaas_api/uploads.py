@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
@@ -44,6 +44,18 @@ file part's temporary file made) as soon as they arrive."""
 MULTIPART_OVERHEAD = MAX_PARTS * (MAX_FIELD_BYTES + MAX_PART_HEADERS * MAX_HEADER_BYTES + 512)
 """The most a valid body holds besides the file's bytes (512: a delimiter line of the longest
 boundary python-multipart accepts, and header line ends)."""
+
+
+def form_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """A route's ``openapi_extra`` for a multipart body, which FastAPI cannot see: the routes
+    read the stream themselves."""
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": schema}},
+        }
+    }
 
 
 def max_body_bytes(max_upload_bytes: int) -> int:

@@ -20,7 +20,7 @@ from ftaas_api.deps import DB, Config, Store, TenantId, UploadRoom
 from ftaas_api.errors import APIError, not_found
 from ftaas_api.follow import Follower
 from ftaas_api.paging import paginate
-from ftaas_api.uploads import receive_upload
+from ftaas_api.uploads import form_body, receive_upload
 from ftaas_api.wire import file_wire
 from ftaas_core.chunked import file_key
 from ftaas_core.datasets import upload_refusal
@@ -44,23 +44,13 @@ def _owned_file(session: Session, tenant: str, file_id: str) -> File:
     return row
 
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "purpose"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "purpose": {"type": "string", "enum": list(PURPOSES)},
-                    },
-                }
-            }
-        },
-    }
-}
+UPLOAD_BODY = form_body(
+    {
+        "file": {"type": "string", "format": "binary"},
+        "purpose": {"type": "string", "enum": list(PURPOSES)},
+    },
+    required=["file", "purpose"],
+)
 
 
 @router.post("", openapi_extra=UPLOAD_BODY)

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from ftaas.types import FileObject, Upload, UploadPart
 from ftaas_api.deps import DB, Config, Store, TenantId, UploadRoom
 from ftaas_api.errors import APIError
-from ftaas_api.uploads import receive_upload
+from ftaas_api.uploads import form_body, receive_upload
 from ftaas_api.wire import file_wire
 from ftaas_core import chunked, models
 from ftaas_core.storage import MAX_PART_NUMBER
@@ -55,31 +55,20 @@ class CompleteUpload(BaseModel):
     md5: Annotated[str, Field(max_length=64)] | None = None
 
 
-PART_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["data"],
-                    "properties": {
-                        "data": {"type": "string", "format": "binary"},
-                        "part_number": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": MAX_PART_NUMBER,
-                            "description": "ftaas: the part's place in the file, so parts sent "
-                            "in parallel need no reordering on S3 (a part sent again under the "
-                            "same number replaces it). Without it, parts are numbered as they "
-                            "arrive.",
-                        },
-                    },
-                }
-            }
+PART_BODY = form_body(
+    {
+        "data": {"type": "string", "format": "binary"},
+        "part_number": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_PART_NUMBER,
+            "description": "ftaas: the part's place in the file, so parts sent in parallel need "
+            "no reordering on S3 (a part sent again under the same number replaces it). Without "
+            "it, parts are numbered as they arrive.",
         },
-    }
-}
+    },
+    required=["data"],
+)
 
 
 @contextmanager
