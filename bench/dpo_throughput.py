@@ -106,7 +106,7 @@ def run_trl(work: Workload, precompute: bool) -> Result:
             **trl_arguments(work, tmp),
             beta=BETA,
             precompute_ref_log_probs=precompute,
-            gradient_checkpointing=False,
+            activation_checkpointing=False,
         )
         trainer = DPOTrainer(
             model=work.model_dir,

@@ -128,7 +128,11 @@ class DpoMethod(WireModel):
     hyperparameters: JobHyperparameters
 
 
-class Method(WireModel):
+class Method(_OmitsNull):
+    """Only the job's own method's settings: OpenAI types each as an object, never null."""
+
+    omit_null = ("supervised", "dpo")
+
     type: str
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None

@@ -35,7 +35,7 @@ def metrics(http: httpx2.Client, job_id: str) -> list[dict[str, Any]]:
 
 
 def finished(http: httpx2.Client, job_id: str, worker: Process) -> dict[str, Any]:
-    done = wait_for_status(http, job_id, TERMINAL, workers=[worker])
+    done = wait_for_status(http, job_id, TERMINAL, timeout=300, workers=[worker])
     assert done["status"] == "succeeded", done["error"]
     return done
 
