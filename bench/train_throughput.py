@@ -193,7 +193,8 @@ def _mean_context(train_set: list[Any]) -> float:
 
 
 class StepClock:
-    """The recipe's hooks, timing the end of every step (every step reports on these runs)."""
+    """The recipe's hooks, timing the end of every step (every step reports on these runs) but
+    the last, whose metrics go out only after the final probes (samples, retention)."""
 
     def __init__(self) -> None:
         self.ends: dict[int, float] = {}
@@ -202,7 +203,8 @@ class StepClock:
         pass
 
     def on_metrics(self, data: dict[str, float | int]) -> None:
-        self.ends[int(data["step"])] = time.perf_counter()
+        if "retention_kl" not in data:
+            self.ends[int(data["step"])] = time.perf_counter()
 
     def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
         pass
