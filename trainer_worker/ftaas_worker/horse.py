@@ -1,7 +1,8 @@
 """A standby work horse's process (spawned by :class:`ftaas_worker.standby.StandbyHorse`).
 
 It pays for the slow imports and set-up while the worker is idle, then waits on its stdin for
-the hand-off of a job and runs that job as rq's work horse would. An empty stdin ends it.
+the hand-off of a job and runs that job as rq's work horse would. An empty stdin ends it, and
+so does its worker's death, at any moment (:mod:`ftaas_worker.lifeline`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from rq.serializers import JSONSerializer
 
 from ftaas_core.queue import get_redis, training_queue
 from ftaas_core.rq_compat import fetch_execution, run_in_horse
+from ftaas_worker.lifeline import die_with_parent
 from ftaas_worker.worker import TrainerWorker
 
 
-def main() -> None:
+def main(worker_pid: int) -> None:
+    die_with_parent(worker_pid)  # first: the worker may be killed during the imports below
     # The slow imports and set-up, paid while the worker waits.
     import ftaas_worker.recipe
     import ftaas_worker.runner  # noqa: F401

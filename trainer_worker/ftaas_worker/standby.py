@@ -3,7 +3,8 @@
 While the worker is idle it keeps one :class:`StandbyHorse` waiting: a process running
 :mod:`ftaas_worker.horse` that has already imported torch, transformers and peft (seconds;
 importing torch does not initialise CUDA, so CUDA still meets no fork) and blocks on its stdin
-until the worker hands it a job. An empty stdin (the worker stopped or died) ends it.
+until the worker hands it a job. An empty stdin (the worker stopped or died) ends it; once it
+trains, its worker's death ends it all the same (:mod:`ftaas_worker.lifeline`).
 
 This is the worker's side of the hand-off; the horse's side lives apart, in
 :mod:`ftaas_worker.horse`, because it needs the worker class and the worker needs this.
@@ -15,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -35,8 +37,14 @@ class StandbyHorse:
 
     @classmethod
     def spawn(cls) -> StandbyHorse:
+        """Start one from the main thread: the kernel kills a horse once the thread that
+        started it ends (``PR_SET_PDEATHSIG``), which must mean once the worker ends."""
+        assert threading.current_thread() is threading.main_thread(), "horses die with threads"
         read, write = os.pipe()  # both close-on-exec; the child gets the read end as its stdin
-        source = f"import sys; sys.path[:] = {sys.path!r}; import {HORSE_MODULE} as h; h.main()"
+        source = (
+            f"import sys; sys.path[:] = {sys.path!r}; import {HORSE_MODULE} as h; "
+            f"h.main(worker_pid={os.getpid()})"
+        )
         pid = os.posix_spawn(
             sys.executable,
             [sys.executable, "-c", source],
