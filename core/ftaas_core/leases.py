@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from ftaas.types import JobStatus
 from ftaas_core import lifecycle
 from ftaas_core.db import Database
+from ftaas_core.events import add_event
 from ftaas_core.models import Job
 
 
@@ -117,6 +118,23 @@ class Lease:
             job = lifecycle.park(session, self.job_id, self.attempt, detail, **cause)
         if job is None:
             raise self._lost()
+        return job
+
+    def crashed(self, detail: str, max_retries: int) -> Job:
+        """The attempt broke off (one of its training processes died): the job goes back to the
+        queue on its retry budget, or fails once that is spent, as when a lease expires."""
+        with self.db.session() as session:
+            job = session.scalars(
+                update(Job)
+                .where(*lifecycle.holds(self.job_id, self.attempt))
+                .values(lease_expires_at=0)
+                .returning(Job)
+                .execution_options(populate_existing=True, synchronize_session=False)
+            ).one_or_none()
+            if job is None:
+                raise self._lost()
+            add_event(session, job.id, detail, level="warn")
+            lifecycle.requeue_lost(session, job, max_retries)
         return job
 
     def fail(self, code: str, message: str) -> None:

@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ftaas_core.datasets import ChatExample, CompletionExample, Example, Message
 from ftaas_core.encoding import IGNORE_INDEX, encode_example
+from ftaas_worker import distributed
 from ftaas_worker.batches import collate
 
 MAX_NEW_TOKENS = 48
@@ -141,6 +142,7 @@ def greedy_answers(
                 **inputs,
                 max_new_tokens=MAX_NEW_TOKENS,
                 do_sample=False,
+                synced_gpus=distributed.current().world > 1,  # FSDP: all ranks step together
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )

@@ -1,0 +1,155 @@
+"""One job across two processes (FSDP2, gloo on the CPU): the losses and the adapter of one
+process, a killed rank that ends the attempt, checkpoints that resume on either count of
+processes, and stops that reach every rank."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ftaas_worker.launch import RankDied, train_on_ranks
+from ftaas_worker.recipe import TrainingStopped, TrainResult, train
+from ftaas_worker.tiny_model import build_tiny_model
+from tests.worker.test_recipe import DPO_HP, EXAMPLES, HP, PAIRS, RecordingHooks
+
+pytestmark = [
+    pytest.mark.training,
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:Failed to register signal handlers:UserWarning"),
+]
+
+# Batches of 3, 3 and 2 examples: the ranks' shares (2 and 1, then 1 and 1) weigh unequally.
+# No LoRA dropout: each process would draw other masks for the same tokens.
+SFT = dataclasses.replace(HP, n_epochs=3, batch_size=3, lora_dropout=0.0, save_steps=2)
+DPO = dataclasses.replace(DPO_HP, n_epochs=2, batch_size=3, lora_dropout=0.0)
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def arguments(model_dir: Path, work_dir: Path, **changes: Any) -> dict[str, Any]:
+    return {
+        "model_path": str(model_dir),
+        "train_examples": EXAMPLES,
+        "valid_examples": EXAMPLES[:3],
+        "hp": SFT,
+        "seed": 11,
+        "work_dir": work_dir,
+    } | changes
+
+
+@pytest.fixture(scope="module")
+def one_process(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    work_dir = tmp_path_factory.mktemp("one")
+    return train(**arguments(model_dir, work_dir), hooks=RecordingHooks())
+
+
+@pytest.fixture(scope="module")
+def two_processes(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainResult, RecordingHooks]:
+    hooks = RecordingHooks()
+    work_dir = tmp_path_factory.mktemp("two")
+    return train_on_ranks(2, hooks, **arguments(model_dir, work_dir)), hooks
+
+
+def assert_same_adapter(got: TrainResult | Path, want: TrainResult) -> None:
+    directory = got.adapter_dir if isinstance(got, TrainResult) else got
+    got_weights = load_file(directory / "adapter_model.safetensors")
+    want_weights = load_file(want.adapter_dir / "adapter_model.safetensors")
+    assert got_weights.keys() == want_weights.keys()
+    for name, tensor in want_weights.items():
+        torch.testing.assert_close(got_weights[name], tensor, rtol=0, atol=TOLERANCE)
+
+
+def rank_processes() -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process().children()
+        if "spawn_main" in " ".join(child.cmdline())  # not multiprocessing's resource tracker
+    ]
+
+
+def test_two_processes_train_the_losses_and_the_adapter_of_one(
+    one_process: TrainResult, two_processes: tuple[TrainResult, RecordingHooks]
+) -> None:
+    result, hooks = two_processes
+
+    assert result.steps == one_process.steps == 9
+    assert result.per_step_losses == pytest.approx(one_process.per_step_losses, abs=TOLERANCE)
+    assert result.trained_tokens == one_process.trained_tokens
+    assert result.metrics["full_valid_loss"] == pytest.approx(
+        one_process.metrics["full_valid_loss"], abs=TOLERANCE
+    )
+    assert_same_adapter(result, one_process)
+    # Rank 0 alone reports: each step's metrics once, each checkpoint once.
+    assert [m["step"] for m in hooks.metrics[:-1]] == list(range(1, 9))
+    assert [step for step, _ in hooks.checkpoints] == [2, 3, 4, 6, 8, 9]
+    # The optimizer state is sharded: one file a rank.
+    shards = sorted(p.name for p in (hooks.checkpoints[0][1] / "optimizer").glob("*.distcp"))
+    assert len(shards) == 2
+    assert not rank_processes()
+
+
+class KillsARank(RecordingHooks):
+    """SIGKILLs one rank once the checkpoint of ``step`` is stored, as an OOM kill would."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, float | int]) -> None:
+        super().on_checkpoint(step, directory, metrics)
+        if step == self.step:
+            rank_processes()[-1].kill()
+
+
+def test_a_killed_rank_ends_the_attempt_and_checkpoints_resume_on_two_then_one_process(
+    model_dir: Path, tmp_path: Path, one_process: TrainResult
+) -> None:
+    killed = KillsARank(step=3)
+    with pytest.raises(RankDied, match="exited with -9"):
+        train_on_ranks(2, killed, **arguments(model_dir, tmp_path / "killed"))
+    assert not rank_processes()
+
+    # The next attempt resumes on two processes and is preempted a few steps on: every rank
+    # stops there, after the checkpoint they write together.
+    preempted = RecordingHooks(stop="preempt", stop_after_steps=5)
+    resume = killed.checkpoints[-1][1]
+    with pytest.raises(TrainingStopped) as stopped:
+        train_on_ranks(
+            2, preempted, **arguments(model_dir, tmp_path / "second", resume_from=resume)
+        )
+    assert stopped.value.reason == "preempt" and 3 < stopped.value.step < 9
+    assert "Resumed from step 3" in preempted.phases
+    assert preempted.checkpoints[-1][0] == stopped.value.step
+    assert not rank_processes()
+
+    # The last attempt resumes the two processes' checkpoint on one.
+    resume = preempted.checkpoints[-1][1]
+    last = train(
+        **arguments(model_dir, tmp_path / "last", resume_from=resume), hooks=RecordingHooks()
+    )
+    assert last.per_step_losses == pytest.approx(one_process.per_step_losses, abs=TOLERANCE)
+    assert_same_adapter(last, one_process)
+
+
+def test_dpo_over_two_processes_trains_what_one_does(model_dir: Path, tmp_path: Path) -> None:
+    dpo = {"train_examples": PAIRS, "valid_examples": PAIRS[:3], "hp": DPO}
+    one = train(**arguments(model_dir, tmp_path / "one", **dpo), hooks=RecordingHooks())
+    hooks = RecordingHooks()
+    two = train_on_ranks(2, hooks, **arguments(model_dir, tmp_path / "two", **dpo))
+
+    assert two.per_step_losses == pytest.approx(one.per_step_losses, abs=TOLERANCE)
+    for name in ("rewards/margins", "rewards/accuracies", "valid_loss"):
+        assert two.metrics[name] == pytest.approx(one.metrics[name], abs=TOLERANCE)
+    assert_same_adapter(two, one)
