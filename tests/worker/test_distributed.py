@@ -1,6 +1,6 @@
 """One job across two processes (FSDP2, gloo on the CPU): the losses and the adapter of one
 process, a killed rank that ends the attempt, checkpoints that resume on either count of
-processes, and stops that reach every rank."""
+processes, stops that reach every rank, and a worker that trains its jobs so."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import psutil
 import pytest
 import torch
@@ -16,7 +17,11 @@ from safetensors.torch import load_file
 from ftaas_worker.launch import RankDied, train_on_ranks
 from ftaas_worker.recipe import TrainingStopped, TrainResult, train
 from ftaas_worker.tiny_model import build_tiny_model
+from tests.conftest import Backend
+from tests.support.jobs import TERMINAL, events, wait_for_status, wait_until
+from tests.support.services import Process
 from tests.worker.test_recipe import DPO_HP, EXAMPLES, HP, PAIRS, RecordingHooks
+from tests.worker.test_training import train_job
 
 pytestmark = [
     pytest.mark.training,
@@ -153,3 +158,52 @@ def test_dpo_over_two_processes_trains_what_one_does(model_dir: Path, tmp_path: 
     for name in ("rewards/margins", "rewards/accuracies", "valid_loss"):
         assert two.metrics[name] == pytest.approx(one.metrics[name], abs=TOLERANCE)
     assert_same_adapter(two, one)
+
+
+def rank_processes_of(worker: Process) -> list[psutil.Process]:
+    return [
+        process
+        for process in psutil.Process(worker.pid).children(recursive=True)
+        if "spawn_main" in " ".join(process.cmdline())
+    ]
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_a_worker_trains_each_job_on_its_processes_and_stops_them_all(
+    backend: Backend, http: httpx2.Client
+) -> None:
+    worker = backend.start("worker", FTAAS_NPROC_PER_NODE="2")
+    try:
+        job = train_job(http, n_epochs=2)
+        done = wait_for_status(http, job["id"], TERMINAL, workers=[worker])
+        assert done["status"] == "succeeded", done["error"]
+        manifest = http.get(f"/v1/fine_tuning/jobs/{job['id']}/manifest").json()
+        assert manifest["training_processes"] == {
+            "world_size": 2,
+            "backend": "gloo",
+            "sharding": "fsdp2",
+        }
+        messages = [e["message"] for e in events(http, job["id"])]
+        assert "Training on 2 processes (FSDP2)" in messages
+        assert sum(m.startswith("Training started") for m in messages) == 1  # rank 0 reports
+
+        # A cancel reaches every rank: none is left, and nothing is written after it.
+        long = train_job(http, n_epochs=50)
+        wait_until(lambda: rank_processes_of(worker), 120, "the ranks to start", [worker])
+        wait_until(
+            lambda: any(e["type"] == "metrics" for e in events(http, long["id"])),
+            120,
+            "training",
+            [worker],
+        )
+        cancelled = http.post(f"/v1/fine_tuning/jobs/{long['id']}/cancel").json()
+        assert cancelled["status"] == "cancelled"
+        wait_until(lambda: not rank_processes_of(worker), 30, "the ranks to stop", [worker])
+
+        # Every rank finds the data untrainable: the job fails with their error, not a crash.
+        truncated = train_job(http, n_epochs=1, max_seq_length=16)
+        failed = wait_for_status(http, truncated["id"], TERMINAL, workers=[worker])
+        assert failed["error"]["code"] == "invalid_training_file", failed["error"]
+        assert events(http, long["id"])[-1]["message"] == "Job cancelled by user"
+    finally:
+        worker.stop()
