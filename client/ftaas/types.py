@@ -346,3 +346,5 @@ class Manifest(WireModel):
     hyperparameters: dict[str, Any]
     libraries: dict[str, str]
     device: str
+    # QLoRA's 4-bit base (load_in_4bit, quant_type, double_quant, compute_dtype); None: none.
+    quantization: dict[str, Any] | None = None

@@ -55,6 +55,10 @@ class Hyperparameters(BaseModel):
     keep_best: bool = False
     gradient_checkpointing: bool | Auto = "auto"
     replay: Annotated[float, Field(ge=0, le=1)] | Auto = "auto"
+    load_in_4bit: bool = False
+    """QLoRA: the base model held in 4-bit NF4 under the adapter, for a base that would not fit
+    in memory otherwise; the adapter trains in full precision and loads on the unquantised
+    base. One training process only."""
 
 
 class DpoHyperparameters(Hyperparameters):
@@ -93,6 +97,7 @@ class ResolvedHyperparameters:
     keep_best: bool = False
     gradient_checkpointing: bool = False
     replay: float = 0.0
+    load_in_4bit: bool = False
     max_grad_norm: float = 1.0
     beta: float | None = None  # DPO's; None for supervised fine-tuning
 
@@ -162,6 +167,7 @@ def resolve(hp: Hyperparameters, n_examples: int) -> ResolvedHyperparameters:
         early_stopping_patience=hp.early_stopping_patience,
         keep_best=hp.keep_best,
         replay=(0.0 if dpo else AUTO_REPLAY) if hp.replay == "auto" else hp.replay,
+        load_in_4bit=hp.load_in_4bit,
         gradient_checkpointing=(
             hp.max_seq_length >= CHECKPOINTING_FROM_SEQ_LENGTH
             if hp.gradient_checkpointing == "auto"

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2
 import pytest
 
+from tests.conftest import Backend, api_server, new_key, tenant_client
 from tests.support.data import jsonl, taught_dataset
 
 JOB_FIELDS = {
@@ -136,6 +137,34 @@ def test_both_hyperparameter_places_is_refused(http: httpx2.Client, training_fil
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
     )
     assert response.status_code == 400
+
+
+def test_qlora_is_refused_where_each_job_trains_on_several_processes(
+    backend: Backend, http: httpx2.Client, training_file: str
+) -> None:
+    """A 4-bit base is never sharded: with FTAAS_NPROC_PER_NODE above 1, load_in_4bit is a
+    400 naming it; with one process (the default here) the job is taken, and records it."""
+    qlora = {"type": "supervised", "supervised": {"hyperparameters": {"load_in_4bit": True}}}
+    accepted = create(http, training_file=training_file, method=qlora)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["hyperparameters"]["load_in_4bit"] is True
+
+    with (
+        api_server(backend, FTAAS_NPROC_PER_NODE="2") as (url, _),
+        tenant_client(url, new_key(f"qlora-{uuid.uuid4().hex[:6]}")) as other,
+    ):
+        file_id = other.post(
+            "/v1/files",
+            data={"purpose": "fine-tune"},
+            files={"file": ("t.jsonl", taught_dataset())},
+        ).json()["id"]
+        refused = create(other, training_file=file_id, method=qlora)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == "hyperparameters.load_in_4bit"
+        assert error["type"] == "invalid_request_error"
+        assert "FTAAS_NPROC_PER_NODE" in error["message"]
+        assert create(other, training_file=file_id).status_code == 200  # full precision is
 
 
 def test_idempotency_key_returns_the_same_job(http: httpx2.Client, training_file: str) -> None:

@@ -49,6 +49,14 @@ def test_gradient_checkpointing_is_on_for_long_sequences_unless_chosen() -> None
     assert "gradient_checkpointing" not in auto_choices(chosen, resolve(chosen, 20))
 
 
+def test_load_in_4bit_is_off_unless_asked_and_carried_as_asked() -> None:
+    assert not resolve(Hyperparameters(), 20).load_in_4bit
+    assert resolve(DpoHyperparameters(load_in_4bit=True), 20).load_in_4bit
+    assert resolve(Hyperparameters(load_in_4bit=True), 20).as_dict()["load_in_4bit"] is True
+    with pytest.raises(ValidationError):
+        Hyperparameters.model_validate({"load_in_4bit": "true"})  # strict, as every field
+
+
 def test_dpo_has_a_beta_and_no_replay() -> None:
     supervised = resolve(Hyperparameters(), 20)
     assert supervised.beta is None and "beta" not in supervised.as_dict()

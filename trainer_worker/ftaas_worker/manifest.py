@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 SMALL_FILE = 16 * 1024 * 1024
-LIBRARIES = ("ftaas", "torch", "transformers", "peft", "tokenizers", "safetensors")
+LIBRARIES = ("ftaas", "torch", "transformers", "peft", "tokenizers", "safetensors", "bitsandbytes")
 
 
 def model_fingerprint(model_path: str) -> dict[str, Any]:

@@ -269,6 +269,15 @@ def _validate_and_insert(
             "early_stopping_patience and keep_best judge by validation loss: give a validation_file.",
             param="validation_file",
         )
+    processes = settings.nproc_per_node or 1  # None: one per GPU the worker sees, unknown here
+    if hyperparameters.load_in_4bit and processes > 1:
+        raise APIError(
+            400,
+            f"load_in_4bit (QLoRA) trains in one process, and this deployment trains each job "
+            f"across {processes} (FTAAS_NPROC_PER_NODE): leave load_in_4bit off, which shards "
+            "the full-precision base over them instead.",
+            param="hyperparameters.load_in_4bit",
+        )
     method = body.method_type
     _check_file(session, tenant, body.training_file, "training_file", settings.min_examples, method)
     if body.validation_file:
