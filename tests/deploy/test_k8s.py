@@ -84,7 +84,12 @@ def kubectl() -> str:
 
 @functools.cache
 def _render(target: str) -> tuple[dict[str, Any], ...]:
-    # Any attempt to reach the network fails fast: rendering must be offline.
+    return kustomize(K8S / target)
+
+
+def kustomize(directory: Path) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize directory``, parsed. Any attempt to reach the network fails fast:
+    rendering must be offline."""
     env = {
         **os.environ,
         "HTTP_PROXY": "http://127.0.0.1:9",
@@ -92,14 +97,14 @@ def _render(target: str) -> tuple[dict[str, Any], ...]:
         "NO_PROXY": "",
     }
     proc = subprocess.run(
-        [kubectl(), "kustomize", str(K8S / target)],
+        [kubectl(), "kustomize", str(directory)],
         capture_output=True,
         text=True,
         timeout=60,
         env=env,
         check=False,
     )
-    assert proc.returncode == 0, f"kubectl kustomize k8s/{target} failed:\n{proc.stderr}"
+    assert proc.returncode == 0, f"kubectl kustomize {directory} failed:\n{proc.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
 
 
@@ -335,16 +340,33 @@ def test_one_job_per_gpu_pod(target: str) -> None:
 # ------------------------------------------------------------------------------- workloads
 
 
+def gpus_and_processes(docs: list[dict[str, Any]]) -> tuple[int, int, int | None]:
+    """The worker's nvidia.com/gpu request and limit, and FTAAS_NPROC_PER_NODE as the worker
+    and as the API see it (None: unset, one process per GPU the worker sees)."""
+    (worker,) = component(docs, "worker")
+    (container,) = pod_spec(worker)["containers"]
+    (api,) = pod_spec(one(docs, "Deployment", "ftaas-api"))["containers"]
+    resources = container["resources"]
+    limit = resources["limits"]["nvidia.com/gpu"]
+    request = resources["requests"].get("nvidia.com/gpu", limit)
+    assert isinstance(limit, int) and isinstance(request, int), "GPU counts are integers"
+    processes = setting(docs, container, "nproc_per_node")
+    assert setting(docs, api, "nproc_per_node") == processes, "the API refuses QLoRA by it"
+    return request, limit, processes
+
+
 @pytest.mark.parametrize("target", GPU_TARGETS)
 def test_gpu_workers(target: str) -> None:
-    workers = component(render(target), "worker")
+    docs = render(target)
+    workers = component(docs, "worker")
     assert [w["kind"] for w in workers] == ["ScaledJob"]
+    request, limit, processes = gpus_and_processes(docs)
+    # One GPU per pod unless the gpu overlay's knob says more (test_one_knob_sets_the_gpus...).
+    assert request == limit == (processes or 1) == 1
     for worker in workers:
         spec = pod_spec(worker)
         (container,) = spec["containers"]
         resources = container["resources"]
-        assert str(resources["limits"]["nvidia.com/gpu"]) == "1"
-        assert str(resources["requests"].get("nvidia.com/gpu", "1")) == "1"
         assert "memory" in resources["limits"] and "memory" in resources["requests"]
         assert any(
             t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule"
@@ -355,6 +377,22 @@ def test_gpu_workers(target: str) -> None:
         assert shm, "GPU workers mount a larger /dev/shm"
         (volume,) = [v for v in spec["volumes"] if v["name"] == shm[0]["name"]]
         assert volume["emptyDir"]["medium"] == "Memory"
+        if target == "overlays/gpu":  # NCCL between the GPUs of a pod goes through it
+            assert quantity(volume["emptyDir"]["sizeLimit"]) >= quantity("16Gi")
+
+
+def test_one_knob_sets_the_gpus_and_the_training_processes(tmp_path: Path) -> None:
+    """The gpu overlay's FTAAS_NPROC_PER_NODE, changed in a copy of k8s/, becomes the worker's
+    GPU request and limit (integers still) and the processes the workers and the API count."""
+    shutil.copytree(K8S, tmp_path / "k8s")
+    kustomization = tmp_path / "k8s" / "overlays" / "gpu" / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert text.count("- FTAAS_NPROC_PER_NODE=1\n") == 1, "the knob is one line"
+    kustomization.write_text(
+        text.replace("- FTAAS_NPROC_PER_NODE=1\n", "- FTAAS_NPROC_PER_NODE=4\n")
+    )
+    request, limit, processes = gpus_and_processes(list(kustomize(kustomization.parent)))
+    assert request == limit == processes == 4
 
 
 def test_dev_worker_is_one_cpu_worker() -> None:
