@@ -122,6 +122,8 @@ def test_a_killed_workers_horse_dies_and_its_job_resumes_on_another(
     )
     second: Process | None = None
     try:
+        wait_for_status(http, job["id"], {"running"}, 120, [first])
+        second = backend.start("worker")  # the job is the first's: this one warms up meanwhile
         wait_until(
             lambda: http.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"],
             120,
@@ -131,7 +133,6 @@ def test_a_killed_workers_horse_dies_and_its_job_resumes_on_another(
         horse = horse_of(first)
         first.signal(signal.SIGKILL)  # the worker's pid alone: its horse leads its own group
         first.proc.wait()
-        second = backend.start("worker")  # starts while the lease runs out
         assert gone(horse.pid), "the horse outlived its worker"
         done = wait_for_status(http, job["id"], {"succeeded", "failed"}, 120, [second])
     finally:
