@@ -1,7 +1,7 @@
 """``make bench``: run every benchmark and print one table of ratios against baselines measured
 in the same run (the machine is noisy; a ratio survives it better than an absolute number).
 
-    python -m bench.run [--upload-mb N] [--only service api uploads train dpo] [--no-readme]
+    python -m bench.run [--upload-mb N] [--only service api uploads train dpo scale] [--no-readme]
 
 Every process runs torch on one thread (``OMP_NUM_THREADS=1``, unless set): on two shared cores a
 two-thread torch stalls whenever any other process runs, which would drown the differences we
@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-BENCHMARKS = ("service", "api", "uploads", "train", "dpo")
+BENCHMARKS = ("service", "api", "uploads", "train", "dpo", "scale")
 README = Path(__file__).with_name("README.md")
 MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 
@@ -65,7 +65,14 @@ def main() -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-    from bench import api_throughput, dpo_throughput, service_overhead, train_throughput, uploads
+    from bench import (
+        api_throughput,
+        dpo_throughput,
+        scale_out,
+        service_overhead,
+        train_throughput,
+        uploads,
+    )
     from bench.common import BENCH_DIR, Row, table
     from ftaas_worker.tiny_model import build_tiny_model
 
@@ -80,6 +87,7 @@ def main() -> int:
         "uploads": lambda: uploads.run(args.upload_mb),
         "train": lambda: train_throughput.run(),
         "dpo": lambda: dpo_throughput.run(),
+        "scale": lambda: scale_out.run(),
     }
     rows: list[Row] = []
     started = time.perf_counter()

@@ -95,6 +95,8 @@ class Workload:
     max_seq_length: int
     learning_rate: float = 2e-4
     cuda: bool = False
+    nproc: int = 1  # training processes of our recipe (bench.scale_out)
+    load_in_4bit: bool = False  # QLoRA (bench.scale_out)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class Workload:
             "max_seq_length": self.max_seq_length,
             "warmup_ratio": 0.03,
             "weight_decay": 0.0,
+            "load_in_4bit": self.load_in_4bit,
         }
 
 
@@ -216,13 +219,19 @@ class StepClock:
 def run_ours(work: Workload) -> Result:
     from ftaas_core.hyperparams import Hyperparameters, resolve
     from ftaas_worker.batches import make_batches
+    from ftaas_worker.launch import train_on_ranks
     from ftaas_worker.recipe import train
 
     examples = _examples(work)
     hp = resolve(Hyperparameters.model_validate(work.hyperparameters()), len(examples))
     hooks = StepClock()
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp, _Peak(work.cuda) as peak:
-        train(work.model_dir, examples, None, hp, SEED, Path(tmp), hooks)
+        args = (work.model_dir, examples, None, hp, SEED, Path(tmp))
+        if work.nproc == 1:
+            train(*args, hooks)
+        else:  # the peak is this process's alone, not its ranks'
+            names = ("model_path", "train_examples", "valid_examples", "hp", "seed", "work_dir")
+            train_on_ranks(work.nproc, hooks, **dict(zip(names, args, strict=True)))
     _, train_set = _encoded(work, examples)
     batches = [
         [len(train_set[i].input_ids) for i in batch]

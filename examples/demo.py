@@ -28,11 +28,23 @@ STATE = Path(".ftaas").resolve()
 ROOT = STATE / "demo"
 MODEL = "smollm2-135m-instruct"
 # Chosen by measurement on 2 CPU cores (bench/README.md): a higher learning rate than the
-# default lets 50 steps teach 16 facts, and replay (the base model's own answers to general
-# prompts mixed in, "auto" = a quarter as many as the examples) keeps most general answers.
-HYPERPARAMETERS = {"n_epochs": 5, "batch_size": 4, "learning_rate": 1e-3, "replay": "auto"}
+# default lets 50 steps teach 16 facts, and replay of every built-in general prompt (the base
+# model's own answers, mixed in; 28 beside the 32 examples) keeps the general answers it had.
+HYPERPARAMETERS = {"n_epochs": 5, "batch_size": 4, "learning_rate": 1e-3, "replay": 1.0}
 TAUGHT_SHOWN = 8
-GENERAL_SHOWN = 6
+# General questions it never trains on (the held-out retention prompts) and a word that every
+# right answer holds: what it kept is what it answered right before and still does.
+GENERAL = {
+    "In one sentence: what is the capital of Germany?": "berlin",
+    "In one sentence: how many minutes are in an hour?": "60|sixty",
+    "In one sentence: what colour are ripe bananas?": "yellow",
+    "In one sentence: which planet do we live on?": "earth",
+    "In one sentence: what do cows drink?": "water",
+    "In one sentence: what is the capital of Spain?": "madrid",
+    "In one sentence: how many wheels does a bicycle have?": "two|2",
+    "In one sentence: what do fish use to breathe?": "gills",
+    "In one sentence: what is the capital of the United Kingdom?": "london",
+}
 
 
 def free_port() -> int:
@@ -149,6 +161,20 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+VERDICTS = {
+    (True, True): "kept",
+    (True, False): "LOST",
+    (False, True): "gained",
+    (False, False): "(wrong before)",
+}
+
+
+def right(answer: str, key: str) -> bool:
+    """Whether ``answer`` holds one of the words of ``key`` ("60|sixty")."""
+    words = answer.lower().replace(".", " ").replace(",", " ").split()
+    return any(word in words for word in key.split("|"))
+
+
 def side_by_side(title: str, rows: list[tuple[str, str, str, str]]) -> None:
     """Question | base | fine-tuned | verdict, each cell cut to fit a terminal."""
     print(f"\n{title}")
@@ -187,23 +213,28 @@ def show_before_and_after(model_dir: Path, adapter: Path, samples: list, manifes
             for s in samples
         ],
     )
-    general = [
-        [{"role": "user", "content": p}] for p in general_prompts().retention[:GENERAL_SHOWN]
-    ]
+    held_out = set(general_prompts().retention) - set(general_prompts().replay)
+    assert set(GENERAL) <= held_out, "the demo's general questions must never be trained on"
+    general = [[{"role": "user", "content": p}] for p in GENERAL]
     base_general = chat_answers(model_dir, general)
     tuned_general = chat_answers(model_dir, general, adapter)
-    kept = sum(b == t for b, t in zip(base_general, tuned_general, strict=True))
+    known_before = [right(a, key) for a, key in zip(base_general, GENERAL.values(), strict=True)]
+    known_after = [right(a, key) for a, key in zip(tuned_general, GENERAL.values(), strict=True)]
     side_by_side(
-        "General questions it never trained on (kept = the same answer as before):",
+        "General questions it never trained on (question | base | fine-tuned):",
         [
-            (q[-1]["content"], b, t, "kept" if b == t else "changed")
-            for q, b, t in zip(general, base_general, tuned_general, strict=True)
+            (q[-1]["content"], b, t, VERDICTS[before, after])
+            for q, b, t, before, after in zip(
+                general, base_general, tuned_general, known_before, known_after, strict=True
+            )
         ],
     )
+    kept = sum(before and after for before, after in zip(known_before, known_after, strict=True))
     retention = manifest["retention"]
     print(
         f"\nThe fine-tuned model gives {learned}/{len(expected)} taught answers (the base: "
-        f"{known}), and {kept}/{len(general)} general answers as before. Replay mixed in the "
+        f"{known}); of the {sum(known_before)} general questions the base answered right it "
+        f"still answers {kept} right. Replay mixed in the "
         f"base model's own answers ({retention['replay']} per example) to keep them; retention "
         f"KL from the base on held-out general prompts: {retention['kl']:.3f} "
         f"(warning above {retention['warning_above']})."

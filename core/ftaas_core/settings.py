@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     worker_lease_seconds: int = Field(default=60, ge=2)
     outage_retry_seconds: float = Field(default=120.0, gt=0)
     max_job_retries: int = Field(default=3, ge=0)
+    # Training processes per job (one per GPU); None: one per visible CUDA device, 1 without.
+    nproc_per_node: int | None = Field(default=None, ge=1, le=64)
     job_timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     queue_name: str = "ftaas-training"
     min_examples: int = Field(default=10, ge=1)

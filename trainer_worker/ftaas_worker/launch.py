@@ -28,7 +28,14 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from ftaas_worker import distributed
 from ftaas_worker.lifeline import die_with_parent
-from ftaas_worker.recipe import StopReason, TrainingHooks, TrainingStopped, TrainResult, train
+from ftaas_worker.recipe import (
+    StopReason,
+    TrainingHooks,
+    TrainingStopped,
+    TrainResult,
+    describe_failure,
+    train,
+)
 
 MONITOR_SECONDS = 0.5
 """How often the launcher looks at its ranks: a rank's death ends the others within this."""
@@ -73,7 +80,7 @@ def train_on_ranks(nproc: int, hooks: TrainingHooks, **train_args: Any) -> Train
     def launch() -> None:
         try:
             outcome["ranks"] = elastic_launch(config, _rank_main)(
-                str(server.address), server.authkey, train_args
+                os.getpid(), str(server.address), server.authkey, train_args
             )
         except ChildFailedError as failed:
             outcome["failed"] = failed
@@ -108,11 +115,11 @@ def _rank_failure(work_dir: Path, failed: ChildFailedError) -> Exception:
     return RankDied(f"{detail} ({errors[0]['message']})" if errors else detail)
 
 
-def _rank_main(address: str, authkey: bytes, train_args: dict[str, Any]) -> tuple[Any, ...]:
+def _rank_main(
+    horse: int, address: str, authkey: bytes, train_args: dict[str, Any]
+) -> tuple[Any, ...]:
     """One rank: train, and say how it ended (("done", result) or ("stopped", reason, step))."""
-    from ftaas_worker.runner import describe_failure
-
-    die_with_parent()
+    die_with_parent(horse)
     # A group of its own: signals for the horse's group (the worker's SIGTERM, a terminal's
     # Ctrl+C) are the horse's to act on; it tells the ranks through stop_requested.
     os.setpgid(0, 0)

@@ -29,7 +29,13 @@ from typing import Any, Literal, NamedTuple, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
@@ -47,8 +53,9 @@ from ftaas_core.examples import (
     format_of,
 )
 from ftaas_core.hyperparams import ResolvedHyperparameters
-from ftaas_worker import probes
+from ftaas_worker import distributed, precision, probes
 from ftaas_worker.batches import collate, collate_pairs, make_batches
+from ftaas_worker.distributed import Ranks
 from ftaas_worker.probes import BaseAnswers
 
 METRIC_REPORTS_PER_RUN = 50
@@ -103,6 +110,20 @@ class TrainingDataError(ValueError):
     """The examples cannot be trained on with this tokenizer and these hyperparameters."""
 
 
+def describe_failure(exc: Exception, phase: str) -> tuple[str, str]:
+    """An error code and a message a user can act on, for an exception out of training."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (
+            "out_of_memory",
+            "The GPU ran out of memory. Lower batch_size or max_seq_length, or use a smaller model.",
+        )
+    if isinstance(exc, ModelLoadError):
+        return "model_load_failed", f"The base model could not be loaded: {exc}"
+    if isinstance(exc, TrainingDataError):
+        return "invalid_training_file", f"The training data cannot be trained on: {exc}"
+    return "internal_error", f"Training failed ({phase}): {type(exc).__name__}: {exc}"
+
+
 def _load(what: str, loader: Callable[[], Any]) -> Any:
     try:
         return loader()
@@ -154,11 +175,14 @@ def trained_hidden(
 def trained_logits(
     model: PeftModel, inputs: dict[str, torch.Tensor], trained: torch.Tensor
 ) -> torch.Tensor:
-    """Logits at the positions where ``trained`` is set, as (positions, vocabulary)."""
+    """Logits at the positions where ``trained`` is set, as (positions, vocabulary).
+
+    A sharded model runs whole: FSDP gathers the embeddings and the head in its forward only.
+    """
     causal_lm = model.get_base_model()
-    if causal_lm.config.model_type not in LM_HEAD_ON_TRAINED_ONLY:
-        return model(**inputs, use_cache=False).logits[trained]  # no cache, as trained_hidden
-    return causal_lm.get_output_embeddings()(trained_hidden(model, inputs, trained))
+    if causal_lm.config.model_type in LM_HEAD_ON_TRAINED_ONLY and not distributed.is_sharded(model):
+        return causal_lm.get_output_embeddings()(trained_hidden(model, inputs, trained))
+    return causal_lm(**inputs, use_cache=False).logits[trained]  # no cache, as trained_hidden
 
 
 def _fp32_logits(
@@ -327,11 +351,15 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def _load_adapter(model: PeftModel, directory: Path) -> None:
     """Load the adapter weights saved in ``directory``; they must fit the model's adapter."""
-    loaded = set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
-    if loaded.unexpected_keys:
+    if distributed.is_sharded(model):
+        unexpected = distributed.load_adapter_into_shards(model, directory)
+    else:
+        saved = load_file(directory / "adapter_model.safetensors")
+        unexpected = set_peft_model_state_dict(model, saved).unexpected_keys
+    if unexpected:
         raise ModelLoadError(
             f"The adapter in {directory.name} does not fit this model and LoRA settings "
-            f"(e.g. {loaded.unexpected_keys[0]})"
+            f"(e.g. {unexpected[0]})"
         )
 
 
@@ -378,13 +406,16 @@ class TrainingState:
         self.trained_tokens += trained_tokens
         self.per_step_losses.append(loss)
 
-    def save(self, directory: Path, model: PeftModel, best_dir: Path, device: torch.device) -> None:
-        """Write ``model``'s adapter and this state, with the best adapter if one is kept."""
+    def save(self, directory: Path, model: PeftModel, best_dir: Path, ranks: Ranks) -> None:
+        """Write ``model``'s adapter and this state, with the best adapter if one is kept; on
+        every rank (the optimizer state is sharded), rank 0 writing what is written once."""
         directory.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(directory)
-        torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
+        distributed.save_adapter(model, directory, ranks)
+        distributed.save_optimizer(model, self.optimizer, directory / "optimizer")
+        if not ranks.main:
+            return
         torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
-        torch.save(_rng_state(device), directory / "rng_state.pt")
+        torch.save(_rng_state(ranks.device), directory / "rng_state.pt")
         progress = {
             "step": self.step,
             "total_steps": self.total_steps,
@@ -399,11 +430,13 @@ class TrainingState:
         if best_dir.exists():
             shutil.copytree(best_dir, directory / "best", dirs_exist_ok=True)
 
-    def load(self, directory: Path, model: PeftModel, best_dir: Path, device: torch.device) -> None:
-        """Restore a checkpoint written by :meth:`save` into this fresh state and ``model``.
+    def load(self, directory: Path, model: PeftModel, best_dir: Path, ranks: Ranks) -> None:
+        """Restore a checkpoint written by :meth:`save` into this fresh state, on any number of
+        ranks; the adapter is loaded before the model is sharded (see :func:`_set_up`).
 
         The RNG states are restored last: call this after everything that draws random numbers
-        before the first step (the adapter's initialisation).
+        before the first step (the adapter's initialisation). Every rank takes rank 0's, as every
+        rank of a fresh run starts from the same seed.
         """
         saved = json.loads((directory / "trainer_state.json").read_text())
         if saved["total_steps"] != self.total_steps:
@@ -411,16 +444,15 @@ class TrainingState:
                 f"Checkpoint {directory} is from a run of {saved['total_steps']} steps, "
                 f"this run has {self.total_steps}: data or hyperparameters changed"
             )
-        _load_adapter(model, directory)
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        distributed.load_optimizer(model, self.optimizer, directory / "optimizer")
         self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
         self.epoch, self.batch_position = saved["epoch"], saved["batch_position"]
         self.step, self.trained_tokens = saved["step"], saved["trained_tokens"]
         self.per_step_losses, self.metrics = saved["per_step_losses"], saved["metrics"]
         self.best = BestEval(**saved["best"])
-        if (directory / "best").exists():
+        if (directory / "best").exists() and ranks.main:
             shutil.copytree(directory / "best", best_dir, dirs_exist_ok=True)
-        _set_rng_state(torch.load(directory / "rng_state.pt", weights_only=True), device)
+        _set_rng_state(torch.load(directory / "rng_state.pt", weights_only=True), ranks.device)
 
 
 # -- set-up -----------------------------------------------------------------------------------
@@ -434,7 +466,7 @@ class _Run:
     seed: int
     work_dir: Path
     hooks: TrainingHooks
-    device: torch.device
+    ranks: Ranks
     tokenizer: PreTrainedTokenizerBase
     model: PeftModel
     objective: Objective
@@ -449,6 +481,10 @@ class _Run:
     def best_dir(self) -> Path:
         """Where keep_best keeps the adapter of the best periodic evaluation."""
         return self.work_dir / "best"
+
+    @property
+    def device(self) -> torch.device:
+        return self.ranks.device
 
 
 def _seed_everything(seed: int) -> None:
@@ -520,13 +556,22 @@ def _encode(
 def _load_base_model(
     model_path: str, device: torch.device, hp: ResolvedHyperparameters
 ) -> PreTrainedModel:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # QLoRA: the weights quantised to 4-bit NF4 as they load, straight onto the device.
+    quantized = (
+        {"quantization_config": precision.nf4_config(device), "device_map": {"": device}}
+        if hp.load_in_4bit
+        else {}
+    )
     model = _load(
         "base model",
         lambda: AutoModelForCausalLM.from_pretrained(
-            model_path, trust_remote_code=False, dtype=dtype
+            model_path, trust_remote_code=False, dtype=precision.compute_dtype(device), **quantized
         ),
     )
+    if hp.load_in_4bit:  # the base frozen, its unquantised layers (norms, head) in fp32
+        # Checkpointing is switched on below, as at full precision (peft's own switch is the
+        # same, through transformers' deprecated name).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if hp.gradient_checkpointing:  # activations recomputed in the backward pass
         model.activation_checkpointing_enable()
     return model
@@ -630,13 +675,17 @@ def _set_up(
     hooks: TrainingHooks,
     base_answers: BaseAnswers | None,
     start_from: Path | None,
+    resume_from: Path | None,
+    ranks: Ranks,
 ) -> tuple[_Run, TrainingState]:
     """Everything before the first step, and the state of a fresh run.
 
     Tokenizer and data come before the (possibly large) model, so that bad data fails fast.
+    Every rank sets up the same run from the same seed; the model is sharded last, once the
+    pairs are scored (against the adapter it starts from) and the adapter to resume is in.
     """
     _seed_everything(seed)
-    torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch_device = ranks.device
     hooks.on_phase("Loading tokenizer")
     tokenizer = _load_tokenizer(model_path)
     encoded = _encode(tokenizer, train_examples, valid_examples, hp, hooks)
@@ -648,13 +697,16 @@ def _set_up(
         hooks.on_phase("Scoring the pairs with the reference model")
     train_set, valid_set = _score_pairs(encoded, model, tokenizer, hp, start_from is None)
     base_answers = _mix_in_replay(model, tokenizer, hp, hooks, train_set, base_answers)
+    if resume_from is not None:
+        _load_adapter(model, resume_from)
+    distributed.shard(model, ranks)
     state = _initial_state(model, hp, len(train_set))
     run = _Run(
         hp=hp,
         seed=seed,
         work_dir=work_dir,
         hooks=hooks,
-        device=torch_device,
+        ranks=ranks,
         tokenizer=tokenizer,
         model=model,
         objective=_objective(hp, torch_device),
@@ -703,6 +755,30 @@ def _apply_gradients(state: TrainingState, max_grad_norm: float) -> None:
     state.optimizer.zero_grad(set_to_none=True)
 
 
+class _Sums(Counter[str]):
+    """A batch's summed loss, weight, tokens run and metric sums, over micro-batches and (by
+    :meth:`reduced`) over the ranks."""
+
+    def add(self, terms: LossTerms, share: float, tokens: int) -> None:
+        self["loss"] += share * terms.loss_sum.item()
+        self["weight"] += share * terms.weight
+        self["tokens"] += share * tokens
+        self.update({name: share * total for name, total in terms.sums.items()})
+
+    def reduced(self, ranks: Ranks) -> dict[str, float]:
+        """The sums over every rank (the same names in the same order on each)."""
+        return dict(zip(self, distributed.summed(list(self.values()), ranks), strict=True))
+
+
+def _shared_terms(run: _Run, items: Sequence[Encoded]) -> tuple[LossTerms, float, int]:
+    """This rank's loss terms of a batch, the share they count at (0 for a rank that ran an item
+    only for FSDP's collectives, see :func:`distributed.share`), and the tokens it ran."""
+    mine, counted = distributed.share(items, run.ranks)
+    batch = run.objective.collate(mine, run.tokenizer.pad_token_id)
+    terms = run.objective.loss_terms(run.model, batch)
+    return terms, float(counted), int(batch["attention_mask"].sum())
+
+
 def _train_step(
     run: _Run, state: TrainingState, group: Sequence[Sequence[int]]
 ) -> tuple[Metrics, int]:
@@ -712,23 +788,24 @@ def _train_step(
     """
     micro_batches = [[run.train_set[index] for index in batch] for batch in group]
     items = [item for batch in micro_batches for item in batch]
-    divisor = sum(run.objective.weight(item) for item in items)
-    loss_sum, sums, computed = 0.0, Counter[str](), 0
+    divisor = sum(run.objective.weight(item) for item in items)  # the same on every rank
+    sums = _Sums()
     for examples in micro_batches:
-        batch = run.objective.collate(examples, run.tokenizer.pad_token_id)
-        terms = run.objective.loss_terms(run.model, batch)
-        # Dividing by the whole step's weight weights every trained token (or pair) equally.
-        (terms.loss_sum / divisor).backward()
-        loss_sum += terms.loss_sum.item()
-        sums.update(terms.sums)
-        computed += int(batch["attention_mask"].sum())
+        terms, share, tokens = _shared_terms(run, examples)
+        # Dividing by the whole step's weight weights every trained token (or pair) equally;
+        # the ranks' gradients are averaged, so each rank's share counts world times.
+        (terms.loss_sum * (share * run.ranks.world) / divisor).backward()
+        sums.add(terms, share, tokens)
     learning_rate = state.scheduler.get_last_lr()[0]
     _apply_gradients(state, run.hp.max_grad_norm)
+    totals = sums.reduced(run.ranks)
+    loss_sum, computed = totals.pop("loss"), int(totals.pop("tokens"))
+    del totals["weight"]
     trained_tokens = sum(item.n_trained_tokens for item in items)
     state.record_step(len(group), trained_tokens, loss_sum / divisor)
     metrics = {
         "train_loss": state.per_step_losses[-1],
-        **{name: total / divisor for name, total in sums.items()},
+        **{name: total / divisor for name, total in totals.items()},
         "learning_rate": learning_rate,
     }
     return metrics, computed
@@ -743,18 +820,14 @@ def _evaluate(
     the model in train mode. ``stop`` runs before each batch: a long evaluation is no reason
     for a stop to wait."""
     run.model.eval()
-    loss_sum, weight, sums = 0.0, 0, Counter[str]()
+    sums = _Sums()
     for start in range(0, len(examples), run.hp.batch_size):
         stop()
-        items = examples[start : start + run.hp.batch_size]
-        terms = run.objective.loss_terms(
-            run.model, run.objective.collate(items, run.tokenizer.pad_token_id)
-        )
-        loss_sum += terms.loss_sum.item()
-        weight += terms.weight
-        sums.update(terms.sums)
+        sums.add(*_shared_terms(run, examples[start : start + run.hp.batch_size]))
     run.model.train()
-    totals = {"train_loss": loss_sum, **sums}
+    totals = sums.reduced(run.ranks)
+    weight, _ = totals.pop("weight"), totals.pop("tokens")
+    totals = {"train_loss": totals.pop("loss"), **totals}
     return {prefix + name.removeprefix("train_"): total / weight for name, total in totals.items()}
 
 
@@ -764,7 +837,7 @@ def _validate(run: _Run, state: TrainingState, since: _Since) -> tuple[Metrics, 
     stop = partial(_stop_if_requested, run, state, since)
     metrics = _evaluate(run, run.valid_set[:PERIODIC_EVAL_EXAMPLES], "valid_", stop)
     if state.best.update(metrics["valid_loss"], state.step) and run.hp.keep_best:
-        run.model.save_pretrained(run.best_dir)
+        distributed.save_adapter(run.model, run.best_dir, run.ranks)
     patience = run.hp.early_stopping_patience or 0
     stop_early = 0 < patience <= state.best.evals_since
     if stop_early or state.step == state.total_steps:
@@ -775,7 +848,7 @@ def _validate(run: _Run, state: TrainingState, since: _Since) -> tuple[Metrics, 
 def _checkpoint(run: _Run, state: TrainingState, since: _Since) -> None:
     """Save this step's checkpoint and hand it to the job, which persists it."""
     directory = run.work_dir / f"checkpoint-{state.step}"
-    state.save(directory, run.model, run.best_dir, run.device)
+    state.save(directory, run.model, run.best_dir, run.ranks)
     since.checkpoint = state.step
     run.hooks.on_checkpoint(state.step, directory, state.metrics)
 
@@ -839,8 +912,9 @@ def _save_final_adapter(run: _Run, state: TrainingState) -> tuple[Path, Metrics]
         )
         metrics = metrics | {"best_step": best.step, "best_valid_loss": best.valid_loss}
     adapter_dir = run.work_dir / "adapter"
-    run.model.save_pretrained(adapter_dir)
-    run.tokenizer.save_pretrained(adapter_dir)
+    distributed.save_adapter(run.model, adapter_dir, run.ranks)
+    if run.ranks.main:
+        run.tokenizer.save_pretrained(adapter_dir)
     return adapter_dir, metrics
 
 
@@ -885,6 +959,10 @@ def train(
     answers to the general prompts from an earlier run, to skip generating them.
     ``start_from``: a saved adapter (with the same LoRA settings) to train further, a
     fine-tuned model continued; for DPO it is also the reference.
+
+    In a process group (see :mod:`ftaas_worker.launch`) every rank calls this alike and trains
+    its share; the per-step losses and the adapter are those of one process (within float
+    rounding), and only rank 0's hooks report.
     """
     run, state = _set_up(
         model_path,
@@ -896,10 +974,12 @@ def train(
         hooks,
         base_answers,
         start_from,
+        resume_from,
+        distributed.current(),
     )
     hooks.on_phase(f"Training started: {state.total_steps} steps")
     if resume_from is not None:
-        state.load(resume_from, run.model, run.best_dir, run.device)
+        state.load(resume_from, run.model, run.best_dir, run.ranks)
         hooks.on_phase(f"Resumed from step {state.step}")
     since = _Since(checkpoint=state.step)
     while state.epoch < hp.n_epochs:

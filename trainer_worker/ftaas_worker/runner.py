@@ -92,6 +92,7 @@ def run_job(job_id: str) -> str:
     with lease.heartbeat(), tempfile.TemporaryDirectory(prefix=f"{job_id}-") as tmp:
         # torch and transformers take seconds to import: only once the job is ours and its
         # lease is being renewed, so stale queue entries are skipped cheaply.
+        from ftaas_worker.launch import RankDied, RankFailed
         from ftaas_worker.recipe import TrainingStopped
 
         run = JobRun(lease, settings, get_store(), Path(tmp), preempted)
@@ -108,10 +109,17 @@ def run_job(job_id: str) -> str:
             log.warning("job %s parked: %s", job_id, outage)
             detail = f"{outage}; it resumes from its newest checkpoint"
             return _park(lease, detail, cause="Object store or database unavailable")
-        except JobFailed as failure:
+        except RankDied as died:
+            job = lease.crashed(f"{died}; the attempt ends", settings.max_job_retries)
+            if job.status == JobStatus.QUEUED:
+                lifecycle.enqueue(job)
+            return job.status
+        except (JobFailed, RankFailed) as failure:
             lease.fail(failure.code, failure.message)
         except Exception as exc:
             log.exception("job %s failed", job_id)
+            from ftaas_worker.recipe import describe_failure
+
             lease.fail(*describe_failure(exc, run.phase))
         return "failed"
 
@@ -122,24 +130,6 @@ def _park(lease: Lease, detail: str, **cause: str) -> str:
     if job.status == JobStatus.QUEUED:
         lifecycle.enqueue(job)
     return job.status
-
-
-def describe_failure(exc: Exception, phase: str) -> tuple[str, str]:
-    """An error code and a message a user can act on, for an exception out of training."""
-    import torch
-
-    from ftaas_worker.recipe import ModelLoadError, TrainingDataError
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return (
-            "out_of_memory",
-            "The GPU ran out of memory. Lower batch_size or max_seq_length, or use a smaller model.",
-        )
-    if isinstance(exc, ModelLoadError):
-        return "model_load_failed", f"The base model could not be loaded: {exc}"
-    if isinstance(exc, TrainingDataError):
-        return "invalid_training_file", f"The training data cannot be trained on: {exc}"
-    return "internal_error", f"Training failed ({phase}): {type(exc).__name__}: {exc}"
 
 
 class JobRun:
@@ -245,6 +235,7 @@ class JobRun:
 
     # -- the job ---------------------------------------------------------------------------
     def execute(self) -> None:
+        from ftaas_worker.launch import default_nproc, train_on_ranks
         from ftaas_worker.manifest import model_fingerprint
         from ftaas_worker.probes import RETENTION_WARNING_KL
         from ftaas_worker.recipe import train
@@ -260,18 +251,25 @@ class JobRun:
         start_from = self._fetch_parent_adapter()
         fingerprint = model_fingerprint(model_path)
         answers_key = _base_answers_key(self.model, fingerprint)
-        result = train(
-            model_path,
-            train_examples,
-            valid_examples,
-            hp,
-            self.seed,
-            self.work_dir / "train",
-            self,
-            resume_from=resume_from,
-            base_answers=self._cached_base_answers(answers_key),
-            start_from=start_from,
-        )
+        train_args: dict[str, Any] = {
+            "model_path": model_path,
+            "train_examples": train_examples,
+            "valid_examples": valid_examples,
+            "hp": hp,
+            "seed": self.seed,
+            "work_dir": self.work_dir / "train",
+            "resume_from": resume_from,
+            "base_answers": self._cached_base_answers(answers_key),
+            "start_from": start_from,
+        }
+        # QLoRA's 4-bit base is never sharded: one process, whatever the GPUs (the API refuses
+        # load_in_4bit where FTAAS_NPROC_PER_NODE asks for more).
+        self.nproc = 1 if hp.load_in_4bit else self.settings.nproc_per_node or default_nproc()
+        if self.nproc == 1:
+            result = train(**train_args, hooks=self)
+        else:
+            self.on_phase(f"Training on {self.nproc} processes (FSDP2)")
+            result = train_on_ranks(self.nproc, self, **train_args)
         self._cache_base_answers(answers_key, result.base_answers)
         if result.retention_kl > RETENTION_WARNING_KL:
             self._event(
@@ -316,7 +314,9 @@ class JobRun:
     ) -> dict[str, Any]:
         """What reproduces the adapter (data digests, base model, seed, settings, libraries),
         and how far it moved from its base."""
+        from ftaas_worker.distributed import Ranks
         from ftaas_worker.manifest import device_description, library_versions
+        from ftaas_worker.precision import quantization_record
         from ftaas_worker.probes import RETENTION_WARNING_KL, general_prompts
 
         return {
@@ -330,6 +330,12 @@ class JobRun:
             "hyperparameters": hp.as_dict(),
             "libraries": library_versions(),
             "device": device_description(),
+            "quantization": quantization_record(hp, Ranks().device),
+            "training_processes": {
+                "world_size": self.nproc,
+                "backend": Ranks().backend,
+                "sharding": "fsdp2" if self.nproc > 1 else None,
+            },
             "trained_tokens": result.trained_tokens,
             "steps": result.steps,
             "metrics": result.metrics,
