@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx2
+import psutil
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "FTAAS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -241,3 +242,14 @@ def store_behind_a_proxy() -> Iterator[tuple[TcpProxy, dict[str, str]]]:
             )
         finally:
             proxy.cut()
+
+
+def live_descendants(pid: int | None, marker: str, recursive: bool = False) -> list[psutil.Process]:
+    """The processes under ``pid`` (this one by default) whose command line holds ``marker``,
+    leaving out those that ended (zombies not yet reaped, or gone while we looked)."""
+    found = []
+    for process in psutil.Process(pid).children(recursive=recursive):
+        with suppress(psutil.ZombieProcess, psutil.NoSuchProcess):
+            if marker in " ".join(process.cmdline()):
+                found.append(process)
+    return found

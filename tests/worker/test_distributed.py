@@ -19,7 +19,7 @@ from ftaas_worker.recipe import TrainingStopped, TrainResult, train
 from ftaas_worker.tiny_model import build_tiny_model
 from tests.conftest import Backend
 from tests.support.jobs import TERMINAL, events, wait_for_status, wait_until
-from tests.support.services import Process
+from tests.support.services import live_descendants
 from tests.worker.test_recipe import DPO_HP, EXAMPLES, HP, PAIRS, RecordingHooks
 from tests.worker.test_training import train_job
 
@@ -76,12 +76,9 @@ def assert_same_adapter(got: TrainResult | Path, want: TrainResult) -> None:
         torch.testing.assert_close(got_weights[name], tensor, rtol=0, atol=TOLERANCE)
 
 
-def rank_processes() -> list[psutil.Process]:
-    return [
-        child
-        for child in psutil.Process().children()
-        if "spawn_main" in " ".join(child.cmdline())  # not multiprocessing's resource tracker
-    ]
+def rank_processes(parent: int | None = None) -> list[psutil.Process]:
+    """The live training processes under ``parent`` (this process by default)."""
+    return live_descendants(parent, "spawn_main", recursive=True)  # not multiprocessing's tracker
 
 
 def test_two_processes_train_the_losses_and_the_adapter_of_one(
@@ -160,14 +157,6 @@ def test_dpo_over_two_processes_trains_what_one_does(model_dir: Path, tmp_path: 
     assert_same_adapter(two, one)
 
 
-def rank_processes_of(worker: Process) -> list[psutil.Process]:
-    return [
-        process
-        for process in psutil.Process(worker.pid).children(recursive=True)
-        if "spawn_main" in " ".join(process.cmdline())
-    ]
-
-
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
 def test_a_worker_trains_each_job_on_its_processes_and_stops_them_all(
     backend: Backend, http: httpx2.Client
@@ -189,7 +178,7 @@ def test_a_worker_trains_each_job_on_its_processes_and_stops_them_all(
 
         # A cancel reaches every rank: none is left, and nothing is written after it.
         long = train_job(http, n_epochs=50)
-        wait_until(lambda: rank_processes_of(worker), 120, "the ranks to start", [worker])
+        wait_until(lambda: rank_processes(worker.pid), 120, "the ranks to start", [worker])
         wait_until(
             lambda: any(e["type"] == "metrics" for e in events(http, long["id"])),
             120,
@@ -198,7 +187,7 @@ def test_a_worker_trains_each_job_on_its_processes_and_stops_them_all(
         )
         cancelled = http.post(f"/v1/fine_tuning/jobs/{long['id']}/cancel").json()
         assert cancelled["status"] == "cancelled"
-        wait_until(lambda: not rank_processes_of(worker), 30, "the ranks to stop", [worker])
+        wait_until(lambda: not rank_processes(worker.pid), 30, "the ranks to stop", [worker])
 
         # Every rank finds the data untrainable: the job fails with their error, not a crash.
         truncated = train_job(http, n_epochs=1, max_seq_length=16)

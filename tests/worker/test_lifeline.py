@@ -25,7 +25,7 @@ from tests.support.jobs import (
     wait_for_status,
     wait_until,
 )
-from tests.support.services import Process
+from tests.support.services import Process, live_descendants
 
 GONE_WITHIN = 5.0
 """Seconds a process may take to follow its dead parent: at once by the kernel's signal, within
@@ -97,11 +97,7 @@ def test_a_process_whose_parent_died_before_it_armed_dies_at_once() -> None:
 
 def horse_of(worker: Process) -> psutil.Process:
     """The worker's one work horse: while a job trains, no standby waits beside it."""
-    horses = [
-        child
-        for child in psutil.Process(worker.pid).children()
-        if HORSE_MODULE in " ".join(child.cmdline())
-    ]
+    horses = live_descendants(worker.pid, HORSE_MODULE)
     assert len(horses) == 1, horses
     return horses[0]
 

@@ -32,7 +32,7 @@ from tests.support.jobs import (
     wait_for_status,
     wait_until,
 )
-from tests.support.services import Process
+from tests.support.services import Process, live_descendants
 
 pytestmark = pytest.mark.training
 
@@ -305,8 +305,7 @@ def test_pause_frees_the_worker_and_resume_gives_the_same_adapter(
 
 
 def standby_horses(worker: Process) -> list[psutil.Process]:
-    children = psutil.Process(worker.pid).children()
-    return [c for c in children if "ftaas_worker.horse" in " ".join(c.cmdline())]
+    return live_descendants(worker.pid, "ftaas_worker.horse")
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
