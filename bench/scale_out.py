@@ -10,6 +10,8 @@ a second core: the ratio says how much of it the gathers and reductions of FSDP2
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import asdict, replace
 
 from bench.common import MB, Row, table
@@ -46,6 +48,21 @@ def run() -> list[Row]:
             )
         if REAL_MODEL in work.name and (qlora := _run(replace(work, load_in_4bit=True))):
             what = "peak CUDA memory" if cuda else "peak RSS growth"
+            weights = {
+                quantized: _child("footprint", {"model": work.model_dir, "4bit": quantized}, MODULE)
+                for quantized in (True, False)
+            }
+            if weights[True] and weights[False]:
+                rows.append(
+                    Row(
+                        name,
+                        "QLoRA (NF4 base): the base model's weights in memory "
+                        "(baseline: full precision)",
+                        f"{weights[True]['bytes'] / MB:,.0f} MB",
+                        f"{weights[False]['bytes'] / MB:,.0f} MB",
+                        weights[True]["bytes"] / weights[False]["bytes"],
+                    )
+                )
             rows += [
                 Row(
                     name,
@@ -65,5 +82,24 @@ def run() -> list[Row]:
     return rows
 
 
+MODULE = "bench.scale_out"
+
+
+def _footprint(model_dir: str, load_in_4bit: bool) -> int:
+    """Bytes of the base model's parameters and buffers as the recipe loads it."""
+    import torch
+
+    from ftaas_core.hyperparams import Hyperparameters, resolve
+    from ftaas_worker.recipe import _load_base_model
+
+    hp = resolve(Hyperparameters(load_in_4bit=load_in_4bit), 100)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return _load_base_model(model_dir, device, hp).get_memory_footprint()
+
+
 if __name__ == "__main__":
-    print(table(run()))
+    if sys.argv[1:2] == ["--child"]:  # python -m bench.scale_out --child footprint JSON
+        payload = json.loads(sys.argv[3])
+        print("RESULT " + json.dumps({"bytes": _footprint(payload["model"], payload["4bit"])}))
+    else:
+        print(table(run()))
