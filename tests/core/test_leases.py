@@ -115,3 +115,24 @@ def test_a_worker_killed_before_its_lease_does_not_strand_the_job(queued_job: st
     assert not is_enqueued(queued_job, 0)  # its heartbeat stopped: the worker is gone
     reconcile_once()
     assert is_enqueued(queued_job, 0)
+
+
+def test_a_crashed_attempt_is_requeued_at_once_on_the_retry_budget(
+    http: httpx2.Client, queued_job: str
+) -> None:
+    db = get_database()
+    lease = Lease.acquire(db, queued_job, "worker-a", 30)
+    assert lease is not None
+    job = lease.crashed("training process 1 exited with -9", max_retries=1)
+    assert (job.status, job.retries) == ("queued", 1)
+    said = [e["message"] for e in events(http, queued_job)]
+    assert "training process 1 exited with -9" in said
+    assert any(m.startswith("Worker lost during attempt 1; requeued (retry 1 of 1)") for m in said)
+    with pytest.raises(LeaseLost):
+        lease.renew()
+
+    again = Lease.acquire(db, queued_job, "worker-b", 30)
+    assert again is not None
+    failed = again.crashed("training process 0 exited with -9", max_retries=1)
+    assert failed.status == "failed"
+    assert failed.error["code"] == "worker_lost"
