@@ -348,3 +348,5 @@ class Manifest(WireModel):
     device: str
     # QLoRA's 4-bit base (load_in_4bit, quant_type, double_quant, compute_dtype); None: none.
     quantization: dict[str, Any] | None = None
+    # The processes it trained on: world_size, backend (nccl, gloo), sharding (fsdp2 or None).
+    training_processes: dict[str, Any] | None = None
