@@ -1,9 +1,9 @@
 """Training beyond one process, our recipe on both sides of each ratio: tokens/s of a job on
-two processes (FSDP2) against one, and the peak memory of QLoRA (the base in 4-bit NF4)
+two processes (the model replicated, or sharded with FSDP2) against one, and the peak memory of QLoRA (the base in 4-bit NF4)
 against full precision on SmolLM2-135M-Instruct. Each run is a process of its own.
 
 On a CPU every process runs torch on one thread (see bench.run), so the second process brings
-a second core: the ratio says how much of it the gathers and reductions of FSDP2 leave over.
+a second core: the ratio says how much of it the exchanges between the processes leave over.
 
     python -m bench.scale_out            # prints its own table
 """
@@ -36,16 +36,17 @@ def run() -> list[Row]:
             continue
         if cuda and torch.cuda.device_count() < 2:
             rows.append(Row(name, "tokens/s on 2 processes", "n/a (one GPU)"))
-        elif two := _run(replace(work, nproc=2)):
-            rows.append(
-                Row(
-                    name,
-                    "tokens/s on 2 processes, FSDP2 (baseline: 1 process)",
-                    f"{two.tokens_per_second:,.0f}",
-                    f"{one.tokens_per_second:,.0f}",
-                    two.tokens_per_second / one.tokens_per_second,
+        for sharding in ("replicate", "fsdp2") if not cuda or torch.cuda.device_count() > 1 else ():
+            if two := _run(replace(work, nproc=2, sharding=sharding)):
+                rows.append(
+                    Row(
+                        name,
+                        f"tokens/s on 2 processes, {sharding} (baseline: 1 process)",
+                        f"{two.tokens_per_second:,.0f}",
+                        f"{one.tokens_per_second:,.0f}",
+                        two.tokens_per_second / one.tokens_per_second,
+                    )
                 )
-            )
         if REAL_MODEL in work.name and (qlora := _run(replace(work, load_in_4bit=True))):
             what = "peak CUDA memory" if cuda else "peak RSS growth"
             weights = {

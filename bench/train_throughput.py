@@ -96,6 +96,7 @@ class Workload:
     learning_rate: float = 2e-4
     cuda: bool = False
     nproc: int = 1  # training processes of our recipe (bench.scale_out)
+    sharding: str = "auto"  # how they hold the model (FTAAS_SHARDING)
     load_in_4bit: bool = False  # QLoRA (bench.scale_out)
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -230,6 +231,7 @@ def run_ours(work: Workload) -> Result:
         if work.nproc == 1:
             train(*args, hooks)
         else:  # the peak is this process's alone, not its ranks'
+            os.environ["FTAAS_SHARDING"] = work.sharding  # the ranks read it
             names = ("model_path", "train_examples", "valid_examples", "hp", "seed", "work_dir")
             train_on_ranks(work.nproc, hooks, **dict(zip(names, args, strict=True)))
     _, train_set = _encoded(work, examples)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_job_retries: int = Field(default=3, ge=0)
     # Training processes per job (one per GPU); None: one per visible CUDA device, 1 without.
     nproc_per_node: int | None = Field(default=None, ge=1, le=64)
+    # How those processes hold the base: "replicate" (each a copy; only the adapter's gradients
+    # travel), "fsdp2" (sharded), or "auto" (replicate what fits each device 4 times over).
+    sharding: Literal["auto", "fsdp2", "replicate"] = "auto"
     job_timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     queue_name: str = "ftaas-training"
     min_examples: int = Field(default=10, ge=1)

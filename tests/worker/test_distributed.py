@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ftaas_worker.launch import RankDied, train_on_ranks
-from ftaas_worker.recipe import TrainingStopped, TrainResult, train
+from ftaas_worker.recipe import SPREAD, TrainingStopped, TrainResult, train
 from ftaas_worker.tiny_model import build_tiny_model
 from tests.conftest import Backend
 from tests.support.jobs import TERMINAL, events, wait_for_status, wait_until
@@ -58,13 +58,21 @@ def one_process(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Tr
     return train(**arguments(model_dir, work_dir), hooks=RecordingHooks())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["fsdp2", "replicate"])
 def two_processes(
-    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TrainResult, RecordingHooks]:
     hooks = RecordingHooks()
     work_dir = tmp_path_factory.mktemp("two")
-    return train_on_ranks(2, hooks, **arguments(model_dir, work_dir)), hooks
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FTAAS_SHARDING", request.param)  # read by the ranks
+        return train_on_ranks(2, hooks, **arguments(model_dir, work_dir)), hooks
+
+
+@pytest.fixture
+def sharded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranks shard the model with FSDP2 (the tiny model would be replicated)."""
+    monkeypatch.setenv("FTAAS_SHARDING", "fsdp2")
 
 
 def assert_same_adapter(got: TrainResult | Path, want: TrainResult) -> None:
@@ -96,9 +104,10 @@ def test_two_processes_train_the_losses_and_the_adapter_of_one(
     # Rank 0 alone reports: each step's metrics once, each checkpoint once.
     assert [m["step"] for m in hooks.metrics[:-1]] == list(range(1, 9))
     assert [step for step, _ in hooks.checkpoints] == [2, 3, 4, 6, 8, 9]
-    # The optimizer state is sharded: one file a rank.
-    shards = sorted(p.name for p in (hooks.checkpoints[0][1] / "optimizer").glob("*.distcp"))
-    assert len(shards) == 2
+    assert f"The model is {SPREAD[result.sharding]} over 2 processes" in hooks.phases
+    if result.sharding == "fsdp2":  # the optimizer state is sharded: one file a rank
+        optimizer_state = hooks.checkpoints[0][1] / "optimizer"
+        assert len(list(optimizer_state.glob("*.distcp"))) == 2
     assert not rank_processes()
 
 
@@ -116,7 +125,7 @@ class KillsARank(RecordingHooks):
 
 
 def test_a_killed_rank_ends_the_attempt_and_checkpoints_resume_on_two_then_one_process(
-    model_dir: Path, tmp_path: Path, one_process: TrainResult
+    model_dir: Path, tmp_path: Path, one_process: TrainResult, sharded: None
 ) -> None:
     killed = KillsARank(step=3)
     with pytest.raises(RankDied, match="exited with -9"):
@@ -145,7 +154,9 @@ def test_a_killed_rank_ends_the_attempt_and_checkpoints_resume_on_two_then_one_p
     assert_same_adapter(last, one_process)
 
 
-def test_dpo_over_two_processes_trains_what_one_does(model_dir: Path, tmp_path: Path) -> None:
+def test_dpo_over_two_processes_trains_what_one_does(
+    model_dir: Path, tmp_path: Path, sharded: None
+) -> None:
     dpo = {"train_examples": PAIRS, "valid_examples": PAIRS[:3], "hp": DPO}
     one = train(**arguments(model_dir, tmp_path / "one", **dpo), hooks=RecordingHooks())
     hooks = RecordingHooks()
@@ -170,10 +181,11 @@ def test_a_worker_trains_each_job_on_its_processes_and_stops_them_all(
         assert manifest["training_processes"] == {
             "world_size": 2,
             "backend": "gloo",
-            "sharding": "fsdp2",
+            "sharding": "replicate",  # "auto": the tiny model fits the machine many times over
         }
         messages = [e["message"] for e in events(http, job["id"])]
-        assert "Training on 2 processes (FSDP2)" in messages
+        assert "Training on 2 processes" in messages
+        assert "The model is replicated over 2 processes" in messages
         assert sum(m.startswith("Training started") for m in messages) == 1  # rank 0 reports
 
         # A cancel reaches every rank: none is left, and nothing is written after it.

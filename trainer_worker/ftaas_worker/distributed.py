@@ -1,10 +1,13 @@
 """What the recipe does differently on each rank of a job trained across several processes.
 
 Every rank plans the same batches; each runs its share of every micro-batch and the loss sums
-are reduced across ranks, so every trained token weighs what it does in one process. The model
-is sharded with FSDP2 (each decoder layer a unit of its own, all-gathered just before it runs),
-the adapter is gathered whole to be saved, and the optimizer state is saved sharded with
-``torch.distributed.checkpoint``, which reshards it for any number of processes on resume.
+are reduced across ranks, so every trained token weighs what it does in one process. A base
+that fits each device several times over is replicated, and only the LoRA gradients (a few MB)
+are averaged once a step; a larger one is sharded with FSDP2 (each decoder layer a unit of its
+own, all-gathered just before it runs), which costs a gather of every weight twice a micro-
+batch (bench/README.md measures both). The adapter is gathered whole to be saved, and the
+optimizer state is saved with ``torch.distributed.checkpoint``, which reshards it for any
+number of processes on resume.
 
 With one process (no process group) each function here is what the recipe would do anyway, so
 the recipe has one code path.
@@ -12,6 +15,7 @@ the recipe has one code path.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,8 +36,13 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from ftaas_core.settings import get_settings
+
 T = TypeVar("T")
 ADAPTER_NAME = "default"  # peft's, the one adapter a job trains
+FITS_TIMES = 4
+"""Under "auto" a base is replicated when the device holds it this many times over: room for
+the activations, the adapter's gradients and optimizer state, and the allocator's slack."""
 
 
 @dataclass(frozen=True)
@@ -92,14 +101,49 @@ def agreed(value: T, ranks: Ranks) -> T:
     return box[0]
 
 
-def shard(model: PeftModel, ranks: Ranks) -> None:
+def spread(model: PeftModel, ranks: Ranks) -> str | None:
+    """Replicate or shard the model over the ranks (``FTAAS_SHARDING``; "auto" replicates a
+    base that fits each device FITS_TIMES over); which, or None in one process."""
+    if ranks.world == 1:
+        return None
+    strategy = get_settings().sharding
+    if strategy == "auto":
+        strategy = "replicate" if FITS_TIMES * _bytes(model) <= _device_memory(ranks) else "fsdp2"
+    if strategy == "fsdp2":
+        _shard(model, ranks)
+    return strategy
+
+
+def _bytes(model: PeftModel) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _device_memory(ranks: Ranks) -> int:
+    """A GPU's memory, or this machine's share of RAM for each rank."""
+    if ranks.device.type == "cuda":
+        return torch.cuda.get_device_properties(ranks.device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // ranks.world
+
+
+def average_gradients(model: PeftModel, ranks: Ranks) -> None:
+    """A replicated model's gradients, the mean over the ranks, in one all-reduce (FSDP2
+    reduces its own as the backward pass goes)."""
+    if ranks.world == 1 or is_sharded(model):
+        return
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    flat = torch.cat([grad.flatten() for grad in grads])
+    dist.all_reduce(flat)
+    flat /= ranks.world
+    for grad, mean in zip(grads, flat.split([grad.numel() for grad in grads]), strict=True):
+        grad.copy_(mean.view_as(grad))
+
+
+def _shard(model: PeftModel, ranks: Ranks) -> None:
     """FSDP2 over the base model (and the LoRA weights inside its layers), in place.
 
     The root unit is the causal LM itself, not the peft wrapper: its forward is what training,
     evaluation and ``generate`` all call, so its parameters are gathered on every path.
     """
-    if ranks.world == 1:
-        return
     mesh = init_device_mesh(ranks.device.type, (ranks.world,))
     causal_lm = model.get_base_model()
     layers = set(getattr(causal_lm, "_no_split_modules", None) or ())

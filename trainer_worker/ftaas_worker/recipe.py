@@ -66,6 +66,7 @@ TIE_MARGIN = 1e-4
 """Nats: a DPO reward margin this small is a tie (far below any preference, above rounding)."""
 
 StopReason = Literal["cancel", "preempt"]
+SPREAD = {"fsdp2": "sharded with FSDP2", "replicate": "replicated"}
 Metrics = dict[str, float | int]
 Encoded = EncodedExample | EncodedPair
 
@@ -100,6 +101,7 @@ class TrainResult:
     samples: list[dict[str, Any]]
     retention_kl: float
     base_answers: BaseAnswers
+    sharding: str | None = None  # how several processes held the model (distributed.spread)
 
 
 class ModelLoadError(RuntimeError):
@@ -467,6 +469,7 @@ class _Run:
     work_dir: Path
     hooks: TrainingHooks
     ranks: Ranks
+    sharding: str | None
     tokenizer: PreTrainedTokenizerBase
     model: PeftModel
     objective: Objective
@@ -699,7 +702,8 @@ def _set_up(
     base_answers = _mix_in_replay(model, tokenizer, hp, hooks, train_set, base_answers)
     if resume_from is not None:
         _load_adapter(model, resume_from)
-    distributed.shard(model, ranks)
+    if sharding := distributed.spread(model, ranks):
+        hooks.on_phase(f"The model is {SPREAD[sharding]} over {ranks.world} processes")
     state = _initial_state(model, hp, len(train_set))
     run = _Run(
         hp=hp,
@@ -707,6 +711,7 @@ def _set_up(
         work_dir=work_dir,
         hooks=hooks,
         ranks=ranks,
+        sharding=sharding,
         tokenizer=tokenizer,
         model=model,
         objective=_objective(hp, torch_device),
@@ -797,6 +802,7 @@ def _train_step(
         (terms.loss_sum * (share * run.ranks.world) / divisor).backward()
         sums.add(terms, share, tokens)
     learning_rate = state.scheduler.get_last_lr()[0]
+    distributed.average_gradients(run.model, run.ranks)
     _apply_gradients(state, run.hp.max_grad_norm)
     totals = sums.reduced(run.ranks)
     loss_sum, computed = totals.pop("loss"), int(totals.pop("tokens"))
@@ -936,6 +942,7 @@ def _finish(run: _Run, state: TrainingState) -> TrainResult:
         samples=samples,
         retention_kl=retention,
         base_answers=run.base_answers,
+        sharding=run.sharding,
     )
 
 

@@ -268,7 +268,7 @@ class JobRun:
         if self.nproc == 1:
             result = train(**train_args, hooks=self)
         else:
-            self.on_phase(f"Training on {self.nproc} processes (FSDP2)")
+            self.on_phase(f"Training on {self.nproc} processes")
             result = train_on_ranks(self.nproc, self, **train_args)
         self._cache_base_answers(answers_key, result.base_answers)
         if result.retention_kl > RETENTION_WARNING_KL:
@@ -334,7 +334,7 @@ class JobRun:
             "training_processes": {
                 "world_size": self.nproc,
                 "backend": Ranks().backend,
-                "sharding": "fsdp2" if self.nproc > 1 else None,
+                "sharding": result.sharding,
             },
             "trained_tokens": result.trained_tokens,
             "steps": result.steps,
