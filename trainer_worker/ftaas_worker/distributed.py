@@ -108,14 +108,11 @@ def spread(model: PeftModel, ranks: Ranks) -> str | None:
         return None
     strategy = get_settings().sharding
     if strategy == "auto":
-        strategy = "replicate" if FITS_TIMES * _bytes(model) <= _device_memory(ranks) else "fsdp2"
+        held = model.get_base_model().get_memory_footprint()  # weights and buffers
+        strategy = "replicate" if FITS_TIMES * held <= _device_memory(ranks) else "fsdp2"
     if strategy == "fsdp2":
         _shard(model, ranks)
     return strategy
-
-
-def _bytes(model: PeftModel) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _device_memory(ranks: Ranks) -> int:

@@ -82,8 +82,8 @@ def train_on_ranks(nproc: int, hooks: TrainingHooks, **train_args: Any) -> Train
             outcome["ranks"] = elastic_launch(config, _rank_main)(
                 os.getpid(), str(server.address), server.authkey, train_args
             )
-        except ChildFailedError as failed:
-            outcome["failed"] = failed
+        except BaseException as exc:  # a rank failed, or the launch itself (rendezvous)
+            outcome["error"] = exc
 
     # Off the main thread, where the launcher installs no signal handlers of its own: SIGTERM
     # stays the job's (preemption checkpoints, see ftaas_worker.runner).
@@ -92,8 +92,10 @@ def train_on_ranks(nproc: int, hooks: TrainingHooks, **train_args: Any) -> Train
         thread.start()
         while thread.is_alive():
             thread.join(0.5)
-    if "failed" in outcome:
-        raise server.failure or _rank_failure(work_dir, outcome["failed"])
+    if error := outcome.get("error"):
+        if server.failure is not None:
+            raise server.failure
+        raise _rank_failure(work_dir, error) if isinstance(error, ChildFailedError) else error
     kind, *value = outcome["ranks"][0]
     if kind == "stopped":
         raise TrainingStopped(*value)
