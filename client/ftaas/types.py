@@ -348,5 +348,6 @@ class Manifest(WireModel):
     device: str
     # QLoRA's 4-bit base (load_in_4bit, quant_type, double_quant, compute_dtype); None: none.
     quantization: dict[str, Any] | None = None
-    # The processes it trained on: world_size, backend (nccl, gloo), sharding (fsdp2 or None).
+    # The processes it trained on: world_size, backend (nccl, gloo), and sharding (replicate or
+    # fsdp2; None in one process).
     training_processes: dict[str, Any] | None = None

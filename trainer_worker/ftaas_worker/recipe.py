@@ -760,6 +760,13 @@ def _apply_gradients(state: TrainingState, max_grad_norm: float) -> None:
     state.optimizer.zero_grad(set_to_none=True)
 
 
+class _Totals(NamedTuple):
+    loss: float
+    weight: float
+    tokens: float
+    sums: dict[str, float]  # the objective's metric sums, by name
+
+
 class _Sums(Counter[str]):
     """A batch's summed loss, weight, tokens run and metric sums, over micro-batches and (by
     :meth:`reduced`) over the ranks."""
@@ -770,9 +777,10 @@ class _Sums(Counter[str]):
         self["tokens"] += share * tokens
         self.update({name: share * total for name, total in terms.sums.items()})
 
-    def reduced(self, ranks: Ranks) -> dict[str, float]:
+    def reduced(self, ranks: Ranks) -> _Totals:
         """The sums over every rank (the same names in the same order on each)."""
-        return dict(zip(self, distributed.summed(list(self.values()), ranks), strict=True))
+        totals = dict(zip(self, distributed.summed(list(self.values()), ranks), strict=True))
+        return _Totals(totals.pop("loss"), totals.pop("weight"), totals.pop("tokens"), totals)
 
 
 def _shared_terms(run: _Run, items: Sequence[Encoded]) -> tuple[LossTerms, float, int]:
@@ -805,16 +813,14 @@ def _train_step(
     distributed.average_gradients(run.model, run.ranks)
     _apply_gradients(state, run.hp.max_grad_norm)
     totals = sums.reduced(run.ranks)
-    loss_sum, computed = totals.pop("loss"), int(totals.pop("tokens"))
-    del totals["weight"]
     trained_tokens = sum(item.n_trained_tokens for item in items)
-    state.record_step(len(group), trained_tokens, loss_sum / divisor)
+    state.record_step(len(group), trained_tokens, totals.loss / divisor)
     metrics = {
         "train_loss": state.per_step_losses[-1],
-        **{name: total / divisor for name, total in totals.items()},
+        **{name: total / divisor for name, total in totals.sums.items()},
         "learning_rate": learning_rate,
     }
-    return metrics, computed
+    return metrics, int(totals.tokens)
 
 
 @torch.no_grad()
@@ -832,9 +838,8 @@ def _evaluate(
         sums.add(*_shared_terms(run, examples[start : start + run.hp.batch_size]))
     run.model.train()
     totals = sums.reduced(run.ranks)
-    weight, _ = totals.pop("weight"), totals.pop("tokens")
-    totals = {"train_loss": totals.pop("loss"), **totals}
-    return {prefix + name.removeprefix("train_"): total / weight for name, total in totals.items()}
+    named = {"train_loss": totals.loss, **totals.sums}
+    return {prefix + name.removeprefix("train_"): t / totals.weight for name, t in named.items()}
 
 
 def _validate(run: _Run, state: TrainingState, since: _Since) -> tuple[Metrics, bool]:

@@ -41,7 +41,7 @@ from ftaas_core.hyperparams import (
 )
 from ftaas_core.ids import new_id
 from ftaas_core.leases import Lease, LeaseLost
-from ftaas_core.models import Checkpoint, File, JobEvent, Tenant, now
+from ftaas_core.models import Checkpoint, File, Job, JobEvent, Tenant, now
 from ftaas_core.outages import ServiceOutage, retrying
 from ftaas_core.settings import Settings, get_settings
 from ftaas_core.storage import ObjectNotFound, ObjectStore, get_store, iter_stream, put_file
@@ -93,7 +93,7 @@ def run_job(job_id: str) -> str:
         # torch and transformers take seconds to import: only once the job is ours and its
         # lease is being renewed, so stale queue entries are skipped cheaply.
         from ftaas_worker.launch import RankDied, RankFailed
-        from ftaas_worker.recipe import TrainingStopped
+        from ftaas_worker.recipe import TrainingStopped, describe_failure
 
         run = JobRun(lease, settings, get_store(), Path(tmp), preempted)
         try:
@@ -103,30 +103,27 @@ def run_job(job_id: str) -> str:
             return "stopped: cancelled or taken over"
         except TrainingStopped as stop:
             if stop.reason == "preempt":
-                return _park(lease, f"checkpointed at step {stop.step}")
+                return _handed_back(lease.park(f"checkpointed at step {stop.step}"))
             return "stopped: cancelled"
         except ServiceOutage as outage:
             log.warning("job %s parked: %s", job_id, outage)
             detail = f"{outage}; it resumes from its newest checkpoint"
-            return _park(lease, detail, cause="Object store or database unavailable")
+            cause = "Object store or database unavailable"
+            return _handed_back(lease.park(detail, cause=cause))
         except RankDied as died:
-            job = lease.crashed(f"{died}; the attempt ends", settings.max_job_retries)
-            if job.status == JobStatus.QUEUED:
-                lifecycle.enqueue(job)
-            return job.status
+            detail = f"{died}; the attempt ends"
+            return _handed_back(lease.crashed(detail, settings.max_job_retries))
         except (JobFailed, RankFailed) as failure:
             lease.fail(failure.code, failure.message)
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            from ftaas_worker.recipe import describe_failure
-
             lease.fail(*describe_failure(exc, run.phase))
         return "failed"
 
 
-def _park(lease: Lease, detail: str, **cause: str) -> str:
-    """Paused, or queued again for another attempt; how the attempt ended."""
-    job = lease.park(detail, **cause)
+def _handed_back(job: Job) -> str:
+    """A job its attempt gave up (parked, or crashed) enqueued once it is queued again; how the
+    attempt ended."""
     if job.status == JobStatus.QUEUED:
         lifecycle.enqueue(job)
     return job.status
